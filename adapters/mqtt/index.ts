@@ -1,0 +1,212 @@
+// MQTT device adapter: aedes 2.x on TCP. Devices authenticate with username = device id and
+// password = secret; sessions are keyed by device; a publish is acknowledged (PUBACK/PUBREC) only
+// after its event committed, because aedes writes the ack right after authorizePublish returns.
+import net from 'node:net'
+import type { AddressInfo } from 'node:net'
+import { Aedes } from 'aedes'
+import type { Client, AedesOptions, PublishPacket } from 'aedes'
+import type { Logger } from 'pino'
+import { LRUCache } from 'lru-cache'
+import { GridgateError, isGridgateError } from '../../gateway/errors.js'
+import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
+import { dedupKey, type Ingest } from '../../gateway/ingest.js'
+import type { Metrics } from '../../gateway/metrics.js'
+
+export interface MqttAdapterOptions {
+  host: string
+  port: number
+  maxPacketSize: number
+  allowAnonymous: boolean
+  registry: DeviceRegistry
+  ingest: Ingest
+  metrics: Metrics
+  log: Logger
+}
+
+export interface DeviceAdapter {
+  start (): Promise<void>
+  /** Stops accepting, lets publishes whose commit is under way finish, then closes connections. */
+  stop (): Promise<void>
+}
+
+export const ANONYMOUS_DEVICE = 'anonymous'
+/** How often one source address may produce an auth-failure log line (ms). */
+const AUTH_LOG_INTERVAL = 10_000
+
+interface Session { device: DeviceRecord }
+
+type AuthError = Error & { returnCode: number }
+
+function authError (returnCode: 2 | 4 | 5, code: 'GG_ERR_AUTH_FAILED' | 'GG_ERR_AUTH_REQUIRED' | 'GG_ERR_CLIENT_ID' | 'GG_ERR_FORBIDDEN_TOPIC'): AuthError {
+  return Object.assign(new GridgateError(code), { returnCode })
+}
+
+/** The broker-side client id: `<deviceId>:<clientId>`, left as is when it already has that prefix. */
+export function brokerClientId (deviceId: string, clientId: string): string {
+  return clientId.startsWith(`${deviceId}:`) ? clientId : `${deviceId}:${clientId}`
+}
+
+export class MqttAdapter implements DeviceAdapter {
+  private broker!: Aedes
+  private server!: net.Server
+  private readonly sessions = new WeakMap<Client, Session>()
+  private readonly inflight = new Set<Promise<unknown>>()
+  private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
+  private readonly anonymous: DeviceRecord = {
+    id: ANONYMOUS_DEVICE,
+    publish: [`devices/${ANONYMOUS_DEVICE}/#`],
+    subscribe: [`devices/${ANONYMOUS_DEVICE}/commands/#`],
+    enabled: true,
+  }
+
+  constructor (private readonly o: MqttAdapterOptions) {}
+
+  address (): AddressInfo { return this.server.address() as AddressInfo }
+
+  async start (): Promise<void> {
+    const opts: AedesOptions = {
+      maximumPacketSize: this.o.maxPacketSize,
+      authenticate: (client, username, password, done) => { this.authenticate(client, username, password).then(() => done(null, true), (err: AuthError) => done(err, false)) },
+      authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
+      authorizeSubscribe: (client, sub, done) => {
+        const s = this.sessions.get(client)
+        // A refused filter gets a failure return code in SUBACK (0x80 / MQTT 5 0x87), not a disconnect.
+        done(null, s !== undefined && this.o.registry.canSubscribe(s.device, sub.topic) ? sub : null)
+      },
+    }
+    this.broker = await Aedes.createBroker(opts)
+    this.broker.on('clientReady', () => this.o.metrics.connections.inc({ protocol: 'mqtt' }))
+    this.broker.on('clientDisconnect', (client) => { if (client.connected || this.sessions.has(client)) this.o.metrics.connections.dec({ protocol: 'mqtt' }) })
+    this.broker.on('clientError', (client, err) => this.o.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error'))
+    this.broker.on('connectionError', (client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
+    this.server = net.createServer({ noDelay: true }, (socket) => {
+      socket.on('error', () => {})
+      this.broker.handle(socket)
+    })
+    await listen(this.server, this.o.port, this.o.host)
+  }
+
+  private async authenticate (client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
+    const source = remoteAddress(client)
+    let device: DeviceRecord | undefined
+    if (username === undefined || username === '') {
+      if (!this.o.allowAnonymous) throw this.authFailed(source, undefined, authError(5, 'GG_ERR_AUTH_REQUIRED'))
+      device = this.anonymous
+    } else {
+      device = password === undefined ? undefined : await this.o.registry.authenticate(username, password.toString('utf8'))
+      if (device === undefined) throw this.authFailed(source, username, authError(4, 'GG_ERR_AUTH_FAILED'))
+    }
+    // The will is published in the device's name: it must lie in the device's namespace too.
+    const will = (client as unknown as { _will?: { topic: string } | null })._will
+    if (will?.topic !== undefined && !this.o.registry.canPublish(device, will.topic)) {
+      throw this.authFailed(source, device.id, authError(5, 'GG_ERR_FORBIDDEN_TOPIC'))
+    }
+    // Sessions are keyed by device: one device can never take over another device's session.
+    const c = client as unknown as { id: string, _assignedClientId?: string }
+    c.id = brokerClientId(device.id, c.id)
+    if (c._assignedClientId !== undefined) c._assignedClientId = c.id
+    this.sessions.set(client, { device })
+  }
+
+  private authFailed (source: string, deviceId: string | undefined, err: AuthError): AuthError {
+    this.o.metrics.authFailures.inc({ protocol: 'mqtt' })
+    const now = Date.now()
+    const last = this.authLogAt.get(source)
+    if (last === undefined || now - last >= AUTH_LOG_INTERVAL) {
+      this.authLogAt.set(source, now)
+      this.o.log.warn({ code: (err as unknown as GridgateError).code, deviceId, source }, 'mqtt authentication refused')
+    }
+    return err
+  }
+
+  private authorizePublish (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const session = client === null ? undefined : this.sessions.get(client)
+    if (client === null || session === undefined) return done(new GridgateError('GG_ERR_FORBIDDEN_TOPIC', 'publish without an authenticated device'))
+    const violation = protocolViolation(packet)
+    if (violation !== null) {
+      // A "MUST close the Network Connection" rule that aedes does not enforce itself.
+      this.o.log.debug({ clientId: client.id, violation }, 'mqtt protocol violation; closing the connection')
+      client.conn.destroy()
+      return done(new Error(violation))
+    }
+    const { device } = session
+    const topic = packet.topic
+    if (!this.o.registry.canPublish(device, topic)) {
+      this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'refused' })
+      // MQTT 3.1.1: the error closes the connection; MQTT 5: aedes answers 0x87 (not authorized).
+      return done(new GridgateError('GG_ERR_FORBIDDEN_TOPIC', `${device.id} may not publish to ${topic}`))
+    }
+    if (isCommandTopic(topic)) {
+      // Commands go device to device through the broker; they are not events.
+      this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'local' })
+      return done()
+    }
+    const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
+    const v5 = client.version === 5
+    const props = (packet as { properties?: { contentType?: string, userProperties?: Record<string, string | string[]> } }).properties
+    const traceparent = props?.userProperties?.traceparent
+    const p = this.o.ingest.ingest({
+      deviceId: device.id,
+      protocol: 'mqtt',
+      topic,
+      payload,
+      contentType: props?.contentType,
+      canRefuse: v5,
+      traceparent: typeof traceparent === 'string' ? traceparent : undefined,
+      // Retransmissions: (broker client id, packet id, payload) within store.dedupWindow.
+      dedupKey: packet.qos > 0 ? dedupKey('mqtt', client.id, packet.messageId ?? 0, payload) : undefined,
+      dedupCheck: packet.qos === 2 || packet.dup === true,
+    })
+    this.inflight.add(p)
+    p.then(() => {
+      this.inflight.delete(p)
+      done()
+    }, (err: unknown) => {
+      this.inflight.delete(p)
+      if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
+      done(err as Error)
+    })
+  }
+
+  async stop (): Promise<void> {
+    if (this.server === undefined) return
+    await new Promise<void>((resolve) => this.server.close(() => resolve()))
+    // Publishes whose commit is under way finish and are acknowledged before connections close.
+    await Promise.allSettled([...this.inflight])
+    await new Promise<void>((resolve) => this.broker.close(() => resolve()))
+  }
+}
+
+/** Rules of MQTT 3.1.1/5 that aedes 2.0.0-beta.1 does not enforce on PUBLISH. */
+export function protocolViolation (packet: PublishPacket): string | null {
+  // [MQTT-3.3.1-2] The DUP flag MUST be 0 for all QoS 0 messages.
+  if (packet.qos === 0 && packet.dup === true) return 'DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]'
+  // [MQTT-2.3.1-1] QoS > 0 PUBLISH packets MUST contain a non-zero Packet Identifier.
+  if (packet.qos > 0 && (packet.messageId === undefined || packet.messageId === 0)) return 'QoS > 0 PUBLISH without a packet identifier [MQTT-2.3.1-1]'
+  // [MQTT-1.5.3-2] A UTF-8 encoded string MUST NOT include U+0000.
+  if (packet.topic.includes('\u0000')) return 'U+0000 in the topic name [MQTT-1.5.3-2]'
+  return null
+}
+
+function remoteAddress (client: Client): string {
+  const conn = client.conn as Partial<net.Socket>
+  return conn.remoteAddress ?? 'unknown'
+}
+
+export function listen (server: net.Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException): void => {
+      server.off('listening', onListening)
+      reject(err.code === 'EADDRINUSE' || err.code === 'EACCES'
+        ? new GridgateError('GG_ERR_PORT_IN_USE', `cannot listen on ${host}:${port}: ${err.code}`, { cause: err })
+        : err)
+    }
+    const onListening = (): void => {
+      server.off('error', onError)
+      resolve()
+    }
+    server.once('error', onError)
+    server.once('listening', onListening)
+    server.listen(port, host)
+  })
+}

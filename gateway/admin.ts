@@ -1,0 +1,80 @@
+// Admin API on a loopback port: health, readiness, Prometheus metrics and the uplinks' state.
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Store } from '../store-forward/store.js'
+import type { Forwarder } from '../store-forward/forwarder.js'
+import type { Metrics } from './metrics.js'
+import { GridgateError } from './errors.js'
+import type { FaultSlot } from '../store-forward/protocol.js'
+
+export interface AdminDeps {
+  store: Store
+  forwarders: ReadonlyMap<string, Forwarder>
+  metrics: Metrics
+  /** True once every listener is up and until shutdown starts. */
+  accepting: () => boolean
+  faults: boolean
+}
+
+export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forwarder>, now = Date.now()) {
+  return [...store.uplinks.values()].map((u) => {
+    const f = forwarders.get(u.name)
+    const oldest = f?.oldestPendingMs ?? null
+    return {
+      name: u.name,
+      state: f?.state ?? 'stopped',
+      cursor: Math.max(u.cursor, f?.position ?? 0),
+      backlogEvents: u.backlogEvents,
+      backlogBytes: u.backlogBytes,
+      oldestAgeSeconds: oldest === null || u.backlogEvents === 0 ? 0 : Math.max(0, (now - oldest) / 1000),
+      deadLetters: u.deadLetters,
+      lastError: f?.lastError ?? null,
+    }
+  })
+}
+
+export function createAdmin (deps: AdminDeps): FastifyInstance {
+  const app = Fastify({ logger: false })
+  app.setErrorHandler((err: Error & { statusCode?: number, code?: string }, _req, reply) => {
+    const status = err.statusCode ?? 500
+    void reply.code(status).send({ code: err.code ?? 'GG_ERR_INTERNAL', message: err.message })
+  })
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ code: 'GG_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url}` })
+  })
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_req, reply) => {
+    const store = deps.store.ready
+    const accepting = deps.accepting()
+    const ready = store && accepting
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', store: store ? 'ok' : 'unavailable', accepting })
+  })
+  app.get('/metrics', async (_req, reply) => {
+    deps.metrics.storeReady.set(deps.store.ready ? 1 : 0)
+    const body = await deps.metrics.registry.metrics()
+    return reply.type(deps.metrics.registry.contentType).send(body)
+  })
+  app.get('/api/v1/uplinks', async () => ({ uplinks: uplinkReport(deps.store, deps.forwarders) }))
+  app.get('/api/v1/store', async () => ({
+    storeId: deps.store.info.storeId,
+    file: deps.store.file,
+    lastSequence: deps.store.lastSeq,
+    synchronous: deps.store.info.synchronous === 2 ? 'full' : deps.store.info.synchronous === 1 ? 'normal' : String(deps.store.info.synchronous),
+    ...(await deps.store.stats()),
+  }))
+
+  if (deps.faults) {
+    // Test-only fault switches; this route exists only when GRIDGATE_TEST_FAULTS=1 under NODE_ENV=test.
+    app.post<{ Body: Partial<Record<keyof typeof FaultSlot, number>> }>('/api/v1/test/faults', async (req) => {
+      const body = req.body ?? {}
+      for (const [k, v] of Object.entries(body)) {
+        if (!['holdBeforeCommit', 'failCommits', 'killWriter'].includes(k) || typeof v !== 'number') {
+          throw Object.assign(new GridgateError('GG_ERR_USAGE', `unknown fault ${k}`), { statusCode: 400 })
+        }
+        deps.store.fault(k as keyof typeof FaultSlot, v)
+      }
+      return { holding: deps.store.faultValue('holding'), holdBeforeCommit: deps.store.faultValue('holdBeforeCommit'), failCommits: deps.store.faultValue('failCommits') }
+    })
+  }
+  return app
+}

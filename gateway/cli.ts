@@ -1,0 +1,130 @@
+#!/usr/bin/env node
+// The gridgate command. Only this entry script calls process.exit and installs signal handlers.
+import { parseArgs } from 'node:util'
+import { readFileSync } from 'node:fs'
+import { pino } from 'pino'
+import { loadConfig, renderConfig } from '../config/load.js'
+import { GridgateError, isGridgateError } from './errors.js'
+import { generateToken, hashToken } from './identity.js'
+import { Gateway } from './gateway.js'
+
+const HELP = `gridgate — edge gateway: MQTT devices in, durable SQLite store, CloudEvents out
+
+Usage:
+  gridgate [--config FILE]                 run the gateway (no --config: built-in defaults, data in ./data)
+  gridgate check-config --config FILE      validate FILE with GRIDGATE_* overrides; print the effective config
+  gridgate hash-token [TOKEN]              print a tokenHash for devices[].tokenHash (TOKEN from the argument,
+                                           from stdin when piped, or a new random token printed with its hash)
+  gridgate --help | --version
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Environment: GRIDGATE_<PATH> overrides a config key, e.g. GRIDGATE_MQTT_PORT=1884,
+GRIDGATE_UPLINKS_CLOUD_URL=http://127.0.0.1:9000/events.
+`
+
+function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function fail (err: unknown, exitCode = 1): never {
+  if (isGridgateError(err)) {
+    process.stderr.write(`${err.code}: ${err.message}\n`)
+    for (const d of err.details) process.stderr.write(`  - ${d}\n`)
+  } else {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`)
+  }
+  process.exit(exitCode)
+}
+
+function exitCodeFor (err: unknown): number {
+  return isGridgateError(err) && ['GG_ERR_CONFIG_INVALID', 'GG_ERR_CONFIG_NOT_FOUND', 'GG_ERR_ENV_UNKNOWN', 'GG_ERR_USAGE'].includes(err.code) ? 2 : 1
+}
+
+async function readStdin (): Promise<string> {
+  const chunks: Buffer[] = []
+  for await (const c of process.stdin) chunks.push(c as Buffer)
+  return Buffer.concat(chunks).toString('utf8').trim()
+}
+
+async function main (argv: string[]): Promise<void> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
+      },
+    })
+  } catch (err) {
+    fail(new GridgateError('GG_ERR_USAGE', `${(err as Error).message}\n\n${HELP}`), 2)
+  }
+  const { values, positionals } = parsed
+  if (values.help === true) { process.stdout.write(HELP); return }
+  if (values.version === true) { process.stdout.write(`${version()}\n`); return }
+  const [command, ...rest] = positionals
+
+  switch (command) {
+    case undefined:
+      return run(values.config)
+    case 'check-config': {
+      if (values.config === undefined) fail(new GridgateError('GG_ERR_USAGE', 'check-config needs --config FILE'), 2)
+      const config = loadConfig({ path: values.config, env: process.env })
+      process.stdout.write(renderConfig(config))
+      if (config.store.sync === 'normal') {
+        process.stderr.write('note: store.sync=normal survives a process crash but not a power loss; acknowledged events can be lost on power failure.\n')
+      }
+      return
+    }
+    case 'hash-token': {
+      let token = rest[0]
+      let generated = false
+      if (token === undefined && !process.stdin.isTTY) token = await readStdin()
+      if (token === undefined || token === '') { token = generateToken(); generated = true }
+      const hash = await hashToken(token)
+      process.stdout.write(generated ? `token: ${token}\ntokenHash: ${hash}\n` : `${hash}\n`)
+      return
+    }
+    default:
+      fail(new GridgateError('GG_ERR_USAGE', `unknown command ${command}\n\n${HELP}`), 2)
+  }
+}
+
+function faultsRequested (): boolean {
+  if (process.env.GRIDGATE_TEST_FAULTS !== '1') return false
+  if (process.env.NODE_ENV !== 'test') throw new GridgateError('GG_ERR_FAULTS_FORBIDDEN')
+  return true
+}
+
+async function run (configPath: string | undefined): Promise<void> {
+  const config = loadConfig({ ...(configPath === undefined ? {} : { path: configPath }), env: process.env })
+  const log = pino({ level: config.gateway.logLevel, base: { gatewayId: config.gateway.id } })
+  const gateway = new Gateway(config, { log, faults: faultsRequested() })
+  let signalled = false
+  const shutdown = (signal: string): void => {
+    if (signalled) {
+      log.warn({ signal }, 'second signal; exiting now')
+      process.exit(130)
+    }
+    signalled = true
+    log.info({ signal }, 'shutting down')
+    gateway.stop().then(() => process.exit(0), (err: unknown) => {
+      log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  gateway.onFatal = () => { gateway.stop().finally(() => process.exit(1)) }
+  process.on('SIGTERM', () => shutdown('SIGTERM'))
+  process.on('SIGINT', () => shutdown('SIGINT'))
+  try {
+    await gateway.start()
+  } catch (err) {
+    log.fatal({ code: isGridgateError(err) ? err.code : undefined, err: (err as Error).message }, 'gridgate could not start')
+    fail(err, exitCodeFor(err))
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => fail(err, exitCodeFor(err)))

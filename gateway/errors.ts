@@ -1,0 +1,48 @@
+// Every error gridgate reports has a stable GG_ERR_* code. The code is what scripts, logs and
+// metric labels rely on; the message says what to do about it. The README's error table is checked
+// against this registry by test/gateway/errors.test.ts.
+
+export const ErrorCodes = {
+  GG_ERR_CONFIG_INVALID: 'The configuration does not validate; every problem is listed with its path.',
+  GG_ERR_CONFIG_NOT_FOUND: 'The configuration file could not be read.',
+  GG_ERR_ENV_UNKNOWN: 'A GRIDGATE_* environment variable names no configuration key.',
+  GG_ERR_PORT_IN_USE: 'A listener could not bind its address; another process holds the port.',
+  GG_ERR_DATA_DIR: 'The data directory cannot be created or written.',
+  GG_ERR_STORE_LOCKED: 'Another gridgate process owns this data directory.',
+  GG_ERR_STORE_VERSION: 'The store was written by a newer gridgate; upgrade instead of downgrading.',
+  GG_ERR_STORE_CORRUPT: 'The store was corrupt; it was moved aside into corrupt-<time>/ and a new one created.',
+  GG_ERR_STORE_UNAVAILABLE: 'The store writer is not running; the event was not stored.',
+  GG_ERR_STORE_FULL: 'The store is full; the event was not stored.',
+  GG_ERR_STORE_COMMIT: 'The commit failed; the event was not stored.',
+  GG_ERR_AUTH_FAILED: 'Unknown device, disabled device or wrong secret.',
+  GG_ERR_AUTH_REQUIRED: 'No credential was given and anonymous access is off.',
+  GG_ERR_FORBIDDEN_TOPIC: 'The device may not publish or subscribe to this topic.',
+  GG_ERR_CLIENT_ID: 'The MQTT client identifier was refused.',
+  GG_ERR_PAYLOAD_INVALID: 'The payload does not parse as its declared content type.',
+  GG_ERR_PAYLOAD_TOO_LARGE: 'The packet or payload is larger than the configured limit.',
+  GG_ERR_UPLINK_REJECTED: 'The uplink refused the gateway itself (401/403/404...): check its URL and credentials. Events are kept.',
+  GG_ERR_UPLINK_UNREACHABLE: 'The uplink could not be reached or failed; delivery is retried with backoff.',
+  GG_ERR_UPLINK_POISON: 'The uplink rejected one event; it was moved to the dead letters.',
+  GG_ERR_CLOCK_UNSYNCED: 'The wall clock is behind the persisted clock floor; time stamps use the floor until it catches up.',
+  GG_ERR_SHUTDOWN_TIMEOUT: 'Shutdown did not finish within gateway.shutdownTimeout.',
+  GG_ERR_FAULTS_FORBIDDEN: 'Test fault hooks were requested outside a test run (NODE_ENV is not "test").',
+  GG_ERR_USAGE: 'The command line was not understood.',
+} as const
+
+export type ErrorCode = keyof typeof ErrorCodes
+
+export class GridgateError extends Error {
+  readonly code: ErrorCode
+  readonly details: readonly string[]
+
+  constructor (code: ErrorCode, message?: string, options?: { cause?: unknown, details?: readonly string[] }) {
+    super(message ?? ErrorCodes[code], options?.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'GridgateError'
+    this.code = code
+    this.details = options?.details ?? []
+  }
+}
+
+export function isGridgateError (err: unknown, code?: ErrorCode): err is GridgateError {
+  return err instanceof GridgateError && (code === undefined || err.code === code)
+}

@@ -1,0 +1,203 @@
+// The one owner of start and stop order. Start: data dir → lock → store → forwarders → admin →
+// device listeners (traffic is accepted last, when everything behind it is ready). Stop reverses it
+// within gateway.shutdownTimeout: stop accepting, finish in-flight commits, let each forwarder
+// finish its batch, close the store cleanly.
+import fs from 'node:fs'
+import type { AddressInfo } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import { pino, type Logger } from 'pino'
+import type { Config, UplinkConfig } from '../config/schema.js'
+import { GridgateError } from './errors.js'
+import { lockDataDir, type DataDirLock } from './lock.js'
+import { Metrics } from './metrics.js'
+import { Clock, IdGenerator } from './clock.js'
+import { defaultDecoders } from './decoders/index.js'
+import { DeviceRegistry } from './identity.js'
+import { Ingest } from './ingest.js'
+import { createAdmin, uplinkReport } from './admin.js'
+import { Store } from '../store-forward/store.js'
+import { Forwarder } from '../store-forward/forwarder.js'
+import type { Sink } from '../store-forward/sink.js'
+import { createHttpSink } from '../adapters/uplink-http/index.js'
+import { MqttAdapter } from '../adapters/mqtt/index.js'
+
+export interface GatewayOptions {
+  log?: Logger
+  /** Test-only fault hooks (GRIDGATE_TEST_FAULTS=1 under NODE_ENV=test). */
+  faults?: boolean
+}
+
+/** The config's `type` picks the sink factory. */
+const sinkFactories: { [K in UplinkConfig['type']]: (u: Extract<UplinkConfig, { type: K }>) => Sink } = {
+  http: (u) => createHttpSink({ url: u.url, timeoutMs: u.timeout }),
+}
+
+function createSink (u: UplinkConfig): Sink {
+  return sinkFactories[u.type](u)
+}
+
+export class Gateway {
+  readonly log: Logger
+  readonly metrics = new Metrics()
+  store!: Store
+  clock!: Clock
+  readonly forwarders = new Map<string, Forwarder>()
+  private lock: DataDirLock | null = null
+  private admin: FastifyInstance | null = null
+  private mqtt: MqttAdapter | null = null
+  private accepting = false
+  private stopping: Promise<void> | null = null
+
+  constructor (readonly config: Config, private readonly opts: GatewayOptions = {}) {
+    this.log = opts.log ?? pino({ level: config.gateway.logLevel, base: { gatewayId: config.gateway.id } })
+  }
+
+  get mqttAddress (): AddressInfo | null { return this.mqtt?.address() ?? null }
+  get adminAddress (): AddressInfo | null { return (this.admin?.server.address() as AddressInfo | null) ?? null }
+
+  async start (): Promise<void> {
+    const c = this.config
+    try {
+      fs.mkdirSync(c.gateway.dataDir, { recursive: true })
+      fs.accessSync(c.gateway.dataDir, fs.constants.W_OK)
+    } catch (err) {
+      throw new GridgateError('GG_ERR_DATA_DIR', `data dir ${c.gateway.dataDir} is not writable: ${(err as Error).message}`, { cause: err })
+    }
+    this.lock = await lockDataDir(c.gateway.dataDir)
+    try {
+      await this.startInner()
+    } catch (err) {
+      await this.stop().catch(() => {})
+      throw err
+    }
+  }
+
+  private async startInner (): Promise<void> {
+    const c = this.config
+    this.store = new Store({
+      dataDir: c.gateway.dataDir,
+      sync: c.store.sync,
+      dedupWindowMs: c.store.dedupWindow,
+      commitDelayMs: c.store.commitDelay,
+      uplinks: c.uplinks.map(u => u.name),
+      floorMs: () => this.clock?.floorMs ?? 0,
+      now: () => this.clock?.now() ?? Date.now(),
+      log: this.log,
+      faults: this.opts.faults === true,
+    })
+    const info = await this.store.open()
+    this.clock = new Clock({ floorMs: info.floorMs })
+    if (info.movedAside !== null) {
+      this.log.error({ code: 'GG_ERR_STORE_CORRUPT', movedTo: info.movedAside, storeId: info.storeId }, 'the store was corrupt; it was moved aside and a new store created')
+    }
+    if (info.uncleanShutdown) this.log.warn({ quickCheck: info.quickCheck }, 'the previous run did not stop cleanly; quick_check passed')
+    for (const r of info.removedUplinks) {
+      this.log.warn({ uplink: r.name, backlogEvents: r.backlogEvents }, 'uplink removed from the config; its cursor and backlog claim were dropped')
+    }
+    if (!this.clock.synced()) this.log.warn({ code: 'GG_ERR_CLOCK_UNSYNCED', floor: new Date(info.floorMs).toISOString() }, 'wall clock is behind the persisted clock floor')
+    this.metrics.storeSync.set(info.synchronous)
+    const wanted = c.store.sync === 'full' ? 2 : 1
+    if (info.synchronous !== wanted) throw new GridgateError('GG_ERR_DATA_DIR', `SQLite synchronous reads back ${info.synchronous}, expected ${wanted}`)
+    this.store.on('ready', (ready) => this.metrics.storeReady.set(ready ? 1 : 0))
+    this.store.on('fatal', (err) => {
+      this.log.fatal({ err, code: 'GG_ERR_STORE_UNAVAILABLE' }, 'the store cannot run; stopping')
+      this.onFatal?.(err)
+    })
+    this.metrics.storeReady.set(1)
+
+    for (const u of c.uplinks) {
+      const state = this.store.uplinks.get(u.name)!
+      const f = new Forwarder({
+        name: u.name,
+        slot: state.slot,
+        sink: createSink(u),
+        store: this.store,
+        batchMaxEvents: u.batchMaxEvents,
+        batchMaxBytes: u.batchMaxBytes,
+        batchMaxDelayMs: u.batchMaxDelay,
+        retryInitialMs: u.retry.initialDelay,
+        retryMaxMs: u.retry.maxDelay,
+        log: this.log,
+        metrics: this.metrics,
+      }, state.cursor)
+      this.forwarders.set(u.name, f)
+      f.start()
+    }
+    this.metrics.setUplinkSource(() => uplinkReport(this.store, this.forwarders))
+
+    this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, faults: this.opts.faults === true })
+    try {
+      await this.admin.listen({ host: c.admin.host, port: c.admin.port })
+    } catch (err) {
+      throw new GridgateError('GG_ERR_PORT_IN_USE', `admin API cannot listen on ${c.admin.host}:${c.admin.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
+    }
+
+    const registry = new DeviceRegistry(c.devices)
+    const ingest = new Ingest({
+      gatewayId: c.gateway.id,
+      store: this.store,
+      decoders: defaultDecoders(),
+      clock: this.clock,
+      ids: new IdGenerator(this.clock),
+      metrics: this.metrics,
+    })
+    if (c.mqtt.enabled) {
+      this.mqtt = new MqttAdapter({
+        host: c.mqtt.host,
+        port: c.mqtt.port,
+        maxPacketSize: c.mqtt.maxPacketSize,
+        allowAnonymous: c.auth.allowAnonymous,
+        registry,
+        ingest,
+        metrics: this.metrics,
+        log: this.log,
+      })
+      await this.mqtt.start()
+    }
+    this.accepting = true
+    this.log.info({
+      storeId: info.storeId,
+      dataDir: c.gateway.dataDir,
+      sync: c.store.sync,
+      mqtt: this.mqttAddress === null ? null : `${this.mqttAddress.address}:${this.mqttAddress.port}`,
+      admin: `${this.adminAddress?.address}:${this.adminAddress?.port}`,
+      uplinks: c.uplinks.map(u => u.name),
+      lastSequence: info.lastSeq,
+    }, 'gridgate ready')
+  }
+
+  /** Called when the store cannot continue; the CLI exits non-zero. */
+  onFatal: ((err: Error) => void) | undefined
+
+  stop (): Promise<void> {
+    this.stopping ??= this.stopInner()
+    return this.stopping
+  }
+
+  private async stopInner (): Promise<void> {
+    const deadline = Date.now() + this.config.gateway.shutdownTimeout
+    const remaining = (): number => Math.max(0, deadline - Date.now())
+    this.accepting = false
+    const steps: Array<[string, () => Promise<unknown>]> = [
+      ['mqtt', async () => this.mqtt?.stop()],
+      ['forwarders', async () => Promise.all([...this.forwarders.values()].map(f => f.stop(remaining())))],
+      ['admin', async () => this.admin?.close()],
+      ['store', async () => this.store?.close()],
+      ['lock', async () => this.lock?.release()],
+    ]
+    let timedOut = false
+    for (const [name, step] of steps) {
+      let timer: NodeJS.Timeout | undefined
+      const timeout = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), remaining()) })
+      const r = await Promise.race([step().then(() => 'ok' as const, (err: unknown) => { this.log.error({ err, step: name }, 'shutdown step failed'); return 'ok' as const }), timeout])
+      clearTimeout(timer)
+      if (r === 'timeout') {
+        timedOut = true
+        this.log.error({ code: 'GG_ERR_SHUTDOWN_TIMEOUT', step: name }, 'shutdown step did not finish in time')
+        break
+      }
+    }
+    if (timedOut) throw new GridgateError('GG_ERR_SHUTDOWN_TIMEOUT')
+    this.log.info('gridgate stopped')
+  }
+}

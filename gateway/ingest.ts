@@ -1,0 +1,133 @@
+// The one path every device message takes: decode → identify → map → stamp → append.
+// Everything before store.append() is synchronous, so within one device connection the order of
+// arrival is the order of the log (DESIGN.md promise 3).
+import { createHash } from 'node:crypto'
+import type { Clock, IdGenerator } from './clock.js'
+import type { DecoderRegistry, DecodeResult } from './decoders/index.js'
+import { decodeLenient } from './decoders/index.js'
+import { encodeEvent, type GridEvent } from './event.js'
+import type { Metrics, Protocol } from './metrics.js'
+import type { Store } from '../store-forward/store.js'
+
+export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
+
+export interface IngestMessage {
+  deviceId: string
+  protocol: Protocol
+  /** The event's subject (DESIGN.md "Topics"). */
+  topic: string
+  payload: Uint8Array
+  contentType?: string | undefined
+  /** False where the protocol cannot refuse one message (MQTT 3.1.1): bad payloads are kept raw. */
+  canRefuse: boolean
+  traceparent?: string | undefined
+  dedupKey?: Uint8Array | undefined
+  /** Look the key up before storing (a retransmission is possible). */
+  dedupCheck?: boolean | undefined
+}
+
+export interface IngestResult {
+  eventId: string
+  seq: number
+  duplicate: boolean
+}
+
+export interface IngestOptions {
+  gatewayId: string
+  store: Store
+  decoders: DecoderRegistry
+  clock: Clock
+  ids: IdGenerator
+  metrics: Metrics
+}
+
+/** A 16-byte dedup key from its parts; parts are length-prefixed so no two tuples collide. */
+export function dedupKey (...parts: ReadonlyArray<string | number | Uint8Array>): Uint8Array {
+  const h = createHash('sha256')
+  for (const p of parts) {
+    const b = typeof p === 'string' ? Buffer.from(p) : typeof p === 'number' ? Buffer.from(String(p)) : p
+    const len = Buffer.alloc(4)
+    len.writeUInt32BE(b.byteLength)
+    h.update(len)
+    h.update(b)
+  }
+  return h.digest().subarray(0, 16)
+}
+
+export class Ingest {
+  private readonly inflight = new Map<string, Promise<IngestResult>>()
+
+  constructor (private readonly o: IngestOptions) {}
+
+  /** Throws GG_ERR_PAYLOAD_INVALID synchronously-rejected when the payload is refused; nothing is stored then. */
+  ingest (msg: IngestMessage): Promise<IngestResult> {
+    const key = msg.dedupKey === undefined ? undefined : Buffer.from(msg.dedupKey).toString('base64')
+    if (key !== undefined && msg.dedupCheck === true) {
+      // A retry that arrives while the first commit is in progress waits for it (DESIGN.md
+      // "Deduplication at ingest"); if that commit failed, the retry is stored itself.
+      const first = this.inflight.get(key)
+      if (first !== undefined) {
+        return first.then(
+          (r) => { this.o.metrics.dedupHits.inc({ protocol: msg.protocol }); return { ...r, duplicate: true } },
+          () => this.ingest(msg),
+        )
+      }
+    }
+    let decoded: DecodeResult
+    try {
+      decoded = msg.canRefuse
+        ? this.o.decoders.decode(msg.payload, msg.contentType)
+        : decodeLenient(this.o.decoders, msg.payload, msg.contentType)
+    } catch (err) {
+      this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'refused' })
+      return Promise.reject(err)
+    }
+    if (decoded.normalizeerror !== undefined) this.o.metrics.normalizeFailures.inc({ protocol: msg.protocol })
+    const event = this.stamp(msg, decoded)
+    const p = this.o.store.append({
+      ingestMs: this.o.clock.now(),
+      routes: this.o.store.routesAll,
+      body: encodeEvent(event),
+      eventId: event.id,
+      ...(msg.dedupKey === undefined ? {} : { dedupKey: msg.dedupKey, dedupCheck: msg.dedupCheck === true }),
+    }).then((r) => {
+      if (r.duplicate) {
+        this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
+        this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
+        return { eventId: r.eventId, seq: r.seq, duplicate: true }
+      }
+      this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'stored' })
+      return { eventId: event.id, seq: r.seq, duplicate: false }
+    }, (err: unknown) => {
+      this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'failed' })
+      throw err
+    })
+    if (key !== undefined) {
+      this.inflight.set(key, p)
+      const forget = (): void => { if (this.inflight.get(key) === p) this.inflight.delete(key) }
+      p.then(forget, forget)
+    }
+    return p
+  }
+
+  private stamp (msg: IngestMessage, decoded: DecodeResult): GridEvent {
+    const extensions: Record<string, string> = {
+      deviceid: msg.deviceId,
+      protocol: msg.protocol,
+      gatewayid: this.o.gatewayId,
+    }
+    if (decoded.sourcecontenttype !== undefined) extensions.sourcecontenttype = decoded.sourcecontenttype
+    if (decoded.normalizeerror !== undefined) extensions.normalizeerror = decoded.normalizeerror
+    if (msg.traceparent !== undefined) extensions.traceparent = msg.traceparent
+    return {
+      id: this.o.ids.next(),
+      source: `/gateways/${this.o.gatewayId}/devices/${msg.deviceId}`,
+      type: DEFAULT_EVENT_TYPE,
+      subject: msg.topic,
+      time: new Date(this.o.clock.now()).toISOString(),
+      datacontenttype: decoded.datacontenttype,
+      data: decoded.data,
+      extensions,
+    }
+  }
+}

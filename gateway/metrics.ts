@@ -1,0 +1,72 @@
+// Prometheus metrics (prom-client). Labels are bounded sets (protocol, outcome, uplink name from the
+// config, reason codes) — never a device id (an unbounded label would grow memory with the fleet).
+import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client'
+
+export type Protocol = 'mqtt' | 'coap' | 'ws' | 'http'
+
+export interface UplinkGaugeSource {
+  name: string
+  backlogEvents: number
+  backlogBytes: number
+  oldestAgeSeconds: number
+  state: string
+}
+
+export const UPLINK_STATES = ['idle', 'sending', 'backoff', 'rejected', 'stopped'] as const
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly ingress: Counter<'protocol' | 'outcome'>
+  readonly authFailures: Counter<'protocol'>
+  readonly normalizeFailures: Counter<'protocol'>
+  readonly dedupHits: Counter<'protocol'>
+  readonly connections: Gauge<'protocol'>
+  readonly uplinkSends: Counter<'uplink' | 'outcome'>
+  readonly uplinkEvents: Counter<'uplink'>
+  readonly uplinkLatency: Histogram<'uplink'>
+  readonly deadLetters: Counter<'uplink' | 'reason'>
+  readonly commits: Counter
+  readonly commitFailures: Counter<'code'>
+  readonly storeSync: Gauge
+  readonly storeReady: Gauge
+  private uplinkSources: () => UplinkGaugeSource[] = () => []
+
+  constructor () {
+    const registers = [this.registry]
+    collectDefaultMetrics({ register: this.registry, prefix: 'gridgate_process_' })
+    this.ingress = new Counter({ name: 'gridgate_ingress_total', help: 'Device messages by protocol and outcome (stored, duplicate, refused, failed, local).', labelNames: ['protocol', 'outcome'], registers })
+    this.authFailures = new Counter({ name: 'gridgate_auth_failures_total', help: 'Failed device authentications.', labelNames: ['protocol'], registers })
+    this.normalizeFailures = new Counter({ name: 'gridgate_normalize_failures_total', help: 'Payloads kept as raw bytes because they did not parse as their declared type.', labelNames: ['protocol'], registers })
+    this.dedupHits = new Counter({ name: 'gridgate_dedup_hits_total', help: 'Device retransmissions answered with the original outcome instead of being stored again.', labelNames: ['protocol'], registers })
+    this.connections = new Gauge({ name: 'gridgate_connections', help: 'Open device connections.', labelNames: ['protocol'], registers })
+    this.uplinkSends = new Counter({ name: 'gridgate_uplink_sends_total', help: 'Batches sent to uplinks by outcome class.', labelNames: ['uplink', 'outcome'], registers })
+    this.uplinkEvents = new Counter({ name: 'gridgate_uplink_events_total', help: 'Events delivered to uplinks.', labelNames: ['uplink'], registers })
+    this.uplinkLatency = new Histogram({ name: 'gridgate_uplink_send_seconds', help: 'Time per batch send.', labelNames: ['uplink'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
+    this.deadLetters = new Counter({ name: 'gridgate_dead_letters_total', help: 'Events moved to an uplink\'s dead letters, by reason.', labelNames: ['uplink', 'reason'], registers })
+    this.commits = new Counter({ name: 'gridgate_store_commits_total', help: 'Store transactions committed.', registers })
+    this.commitFailures = new Counter({ name: 'gridgate_store_commit_failures_total', help: 'Store transactions rolled back, by error code.', labelNames: ['code'], registers })
+    this.storeSync = new Gauge({ name: 'gridgate_store_synchronous', help: 'SQLite synchronous mode read back from the writer connection (2 = FULL, 1 = NORMAL).', registers })
+    this.storeReady = new Gauge({ name: 'gridgate_store_ready', help: '1 while the store writer is running.', registers })
+    const uplinkSources = (): UplinkGaugeSource[] => this.uplinkSources()
+    new Gauge({
+      name: 'gridgate_queue_events', help: 'Events waiting for each uplink.', labelNames: ['uplink'], registers,
+      collect () { for (const u of uplinkSources()) this.set({ uplink: u.name }, u.backlogEvents) },
+    })
+    new Gauge({
+      name: 'gridgate_queue_bytes', help: 'Stored bytes waiting for each uplink.', labelNames: ['uplink'], registers,
+      collect () { for (const u of uplinkSources()) this.set({ uplink: u.name }, u.backlogBytes) },
+    })
+    new Gauge({
+      name: 'gridgate_queue_oldest_age_seconds', help: 'Age of the oldest event waiting for each uplink (0 when caught up).', labelNames: ['uplink'], registers,
+      collect () { for (const u of uplinkSources()) this.set({ uplink: u.name }, u.oldestAgeSeconds) },
+    })
+    new Gauge({
+      name: 'gridgate_uplink_state', help: '1 for the state each uplink is in.', labelNames: ['uplink', 'state'], registers,
+      collect () {
+        for (const u of uplinkSources()) for (const s of UPLINK_STATES) this.set({ uplink: u.name, state: s }, u.state === s ? 1 : 0)
+      },
+    })
+  }
+
+  setUplinkSource (fn: () => UplinkGaugeSource[]): void { this.uplinkSources = fn }
+}

@@ -1,0 +1,307 @@
+// The durable log as the main thread sees it: group commit to the writer worker, paged reads from a
+// reader worker, per-uplink backlog counters kept incrementally (never count(*) per request).
+import { EventEmitter } from 'node:events'
+import path from 'node:path'
+import type { Logger } from 'pino'
+import { GridgateError } from '../gateway/errors.js'
+import { WorkerClient } from './worker-client.js'
+import {
+  FAULT_SLOTS, FaultSlot,
+  type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
+  type StoredRow, type StatsResult, type UplinkState,
+} from './protocol.js'
+
+export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem }
+
+export interface StoreOptions {
+  dataDir: string
+  sync: 'full' | 'normal'
+  dedupWindowMs: number
+  /** Extra wait before a commit starts, to trade latency for fewer writes (0 = none). */
+  commitDelayMs: number
+  uplinks: readonly string[]
+  /** Highest wall time used so far, persisted with every commit (DESIGN.md clock floor). */
+  floorMs: () => number
+  now: () => number
+  log: Logger
+  faults: boolean
+}
+
+export const STORE_FILE = 'gridgate.db'
+/** Largest number of appends in one transaction; the rest wait for the next commit. */
+const MAX_APPENDS_PER_COMMIT = 10_000
+/** Writer restarts allowed within RESTART_WINDOW before the store gives up. */
+const MAX_RESTARTS = 5
+const RESTART_WINDOW = 60_000
+
+function commitErrorCode (sqliteCode: string | undefined): 'GG_ERR_STORE_FULL' | 'GG_ERR_STORE_UNAVAILABLE' | 'GG_ERR_STORE_COMMIT' {
+  if (sqliteCode === 'SQLITE_FULL') return 'GG_ERR_STORE_FULL'
+  if (sqliteCode === 'GG_ERR_STORE_UNAVAILABLE') return 'GG_ERR_STORE_UNAVAILABLE'
+  return 'GG_ERR_STORE_COMMIT'
+}
+
+interface Pending { item: AppendItem, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
+
+export interface UplinkCounters {
+  name: string
+  slot: number
+  backlogEvents: number
+  backlogBytes: number
+  deadLetters: number
+  cursor: number
+}
+
+export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [ready: boolean], fatal: [err: Error] }> {
+  readonly file: string
+  info!: InitResult
+  readonly uplinks = new Map<string, UplinkCounters>()
+  private writer!: WorkerClient
+  private reader!: WorkerClient
+  private queue: Pending[] = []
+  private acks: AckItem[] = []
+  private deadLetters: DeadLetterItem[] = []
+  private ackWaiters: Array<{ resolve: () => void, reject: (e: Error) => void }> = []
+  private committing = false
+  private delayTimer: NodeJS.Timeout | null = null
+  private restarts: number[] = []
+  private closing = false
+  private _ready = false
+  readonly faults: SharedArrayBuffer | null
+  lastSeq = 0
+  commits = 0
+
+  constructor (private readonly opts: StoreOptions) {
+    super()
+    this.file = path.join(opts.dataDir, STORE_FILE)
+    this.faults = opts.faults ? new SharedArrayBuffer(FAULT_SLOTS * 4) : null
+  }
+
+  get ready (): boolean { return this._ready }
+
+  get routesAll (): number {
+    let mask = 0
+    for (const u of this.uplinks.values()) mask |= 2 ** u.slot
+    return mask
+  }
+
+  async open (): Promise<InitResult> {
+    this.info = await this.startWriter()
+    for (const u of this.info.uplinks) {
+      this.uplinks.set(u.name, { name: u.name, slot: u.slot, backlogEvents: u.backlogEvents, backlogBytes: u.backlogBytes, deadLetters: u.deadLetters, cursor: u.cursor })
+    }
+    this.lastSeq = this.info.lastSeq
+    this.reader = new WorkerClient({ role: 'reader', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: null })
+    await this.reader.request({ op: 'init', uplinks: [], nowMs: this.opts.now() })
+    this.setReady(true)
+    return this.info
+  }
+
+  private async startWriter (): Promise<InitResult> {
+    const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults })
+    this.writer = writer
+    try {
+      const info = await writer.request<InitResult>({ op: 'init', uplinks: this.opts.uplinks.map(name => ({ name })), nowMs: this.opts.now() })
+      writer.on('exit', (code) => this.onWriterExit(code))
+      return info
+    } catch (err) {
+      await writer.terminate()
+      const code = (err as { code?: string }).code
+      if (code === 'GG_ERR_STORE_VERSION') throw new GridgateError('GG_ERR_STORE_VERSION', (err as Error).message)
+      throw new GridgateError('GG_ERR_DATA_DIR', `cannot open the store ${this.file}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  private setReady (ready: boolean): void {
+    if (this._ready === ready) return
+    this._ready = ready
+    this.emit('ready', ready)
+  }
+
+  private onWriterExit (code: number): void {
+    if (this.closing) return
+    this.setReady(false)
+    this.opts.log.error({ code: 'GG_ERR_STORE_UNAVAILABLE', exitCode: code }, 'store writer exited; pending acks failed, restarting it')
+    const now = Date.now()
+    this.restarts = this.restarts.filter(t => now - t < RESTART_WINDOW)
+    this.restarts.push(now)
+    // Everything waiting for this writer fails: nothing was acknowledged, devices retry.
+    this.failQueued(new GridgateError('GG_ERR_STORE_UNAVAILABLE', 'the store writer stopped before this event was committed'))
+    if (this.restarts.length > MAX_RESTARTS) {
+      this.emit('fatal', new GridgateError('GG_ERR_STORE_UNAVAILABLE', `the store writer exited ${this.restarts.length} times within a minute`))
+      return
+    }
+    this.startWriter().then((info) => {
+      this.info = info
+      this.committing = false
+      this.opts.log.info({ storeId: info.storeId }, 'store writer restarted')
+      this.setReady(true)
+      this.flush()
+    }, (err: Error) => this.emit('fatal', err))
+  }
+
+  private failQueued (err: Error): void {
+    const q = this.queue
+    this.queue = []
+    for (const p of q) p.reject(err)
+  }
+
+  /** Resolves once the event is committed (or recognised as a duplicate within the dedup window). */
+  append (item: AppendItem): Promise<AppendResult> {
+    if (!this._ready) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE'))
+    return new Promise((resolve, reject) => {
+      this.queue.push({ item, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /** Moves an uplink's cursor; durable with the next commit. */
+  ack (slot: number, seq: number, events: number, bytes: number): Promise<void> {
+    const u = this.uplinkBySlot(slot)
+    if (u !== undefined) {
+      u.backlogEvents = Math.max(0, u.backlogEvents - events)
+      u.backlogBytes = Math.max(0, u.backlogBytes - bytes)
+      u.cursor = Math.max(u.cursor, seq)
+    }
+    this.acks.push({ slot, seq })
+    return this.waitCommit()
+  }
+
+  deadLetter (item: DeadLetterItem): Promise<void> {
+    const u = this.uplinks.get(item.uplink)
+    if (u !== undefined) u.deadLetters++
+    this.deadLetters.push(item)
+    return this.waitCommit()
+  }
+
+  private waitCommit (): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.ackWaiters.push({ resolve, reject })
+      this.schedule()
+    })
+  }
+
+  private uplinkBySlot (slot: number): UplinkCounters | undefined {
+    for (const u of this.uplinks.values()) if (u.slot === slot) return u
+    return undefined
+  }
+
+  private schedule (): void {
+    if (this.committing || this.delayTimer !== null) return
+    if (this.opts.commitDelayMs > 0) {
+      this.delayTimer = setTimeout(() => { this.delayTimer = null; this.flush() }, this.opts.commitDelayMs)
+    } else {
+      this.flush()
+    }
+  }
+
+  /** Group commit: a commit starts as soon as the previous one ended and work is waiting. */
+  private flush (): void {
+    if (this.committing || !this.writer.alive || !this._ready) return
+    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0) return
+    const batch = this.queue.length > MAX_APPENDS_PER_COMMIT ? this.queue.splice(0, MAX_APPENDS_PER_COMMIT) : this.queue
+    if (batch === this.queue) this.queue = []
+    const acks = this.acks
+    const deadLetters = this.deadLetters
+    const waiters = this.ackWaiters
+    this.acks = []
+    this.deadLetters = []
+    this.ackWaiters = []
+    this.committing = true
+    const writer = this.writer
+    writer.request<AppendResult[]>({
+      op: 'commit',
+      appends: batch.map(p => p.item),
+      acks,
+      deadLetters,
+      floorMs: this.opts.floorMs(),
+      nowMs: this.opts.now(),
+    }).then((results) => {
+      this.commits++
+      let last = this.lastSeq
+      for (let i = 0; i < batch.length; i++) {
+        const r = results[i]!
+        const p = batch[i]!
+        if (!r.duplicate) {
+          last = Math.max(last, r.seq)
+          this.count(p.item)
+        }
+        p.resolve(r)
+      }
+      for (const w of waiters) w.resolve()
+      this.committing = false
+      if (last > this.lastSeq) {
+        this.lastSeq = last
+        this.emit('appended', last)
+      }
+      this.flush()
+    }, (err: Error & { code?: string }) => {
+      const wrapped = err instanceof GridgateError ? err : new GridgateError(commitErrorCode(err.code), err.message, { cause: err })
+      for (const p of batch) p.reject(wrapped)
+      // Cursor moves and dead letters are not the devices' data: keep them for the next commit.
+      if (writer.alive) {
+        this.acks.unshift(...acks)
+        this.deadLetters.unshift(...deadLetters)
+        this.ackWaiters.unshift(...waiters)
+        this.opts.log.warn({ code: wrapped.code, err: err.message }, 'store commit failed; its events were not acknowledged')
+      } else {
+        for (const w of waiters) w.reject(wrapped)
+      }
+      this.committing = false
+      if (writer.alive) setImmediate(() => this.flush())
+    })
+  }
+
+  private count (item: AppendItem): void {
+    if (item.routes === 0) return
+    for (const u of this.uplinks.values()) {
+      if ((item.routes & 2 ** u.slot) !== 0) {
+        u.backlogEvents++
+        u.backlogBytes += item.body.byteLength
+      }
+    }
+  }
+
+  readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, limit, maxBytes })
+  }
+
+  stats (): Promise<StatsResult> {
+    return this.writer.request<StatsResult>({ op: 'stats' })
+  }
+
+  /** Test-only fault switches (DESIGN.md "Engineering rules"); null unless faults were enabled. */
+  fault (slot: keyof typeof FaultSlot, value: number): void {
+    if (this.faults === null) throw new GridgateError('GG_ERR_FAULTS_FORBIDDEN')
+    const arr = new Int32Array(this.faults)
+    Atomics.store(arr, FaultSlot[slot], value)
+    Atomics.notify(arr, FaultSlot[slot])
+  }
+
+  faultValue (slot: keyof typeof FaultSlot): number {
+    if (this.faults === null) return 0
+    return Atomics.load(new Int32Array(this.faults), FaultSlot[slot])
+  }
+
+  /** Waits for queued work to commit, then closes both connections (marking the stop clean). */
+  async close (): Promise<void> {
+    if (this.closing) return
+    while (this.committing || this.queue.length > 0 || this.acks.length > 0) {
+      if (!this.writer.alive) break
+      await new Promise<void>((resolve) => {
+        this.ackWaiters.push({ resolve, reject: () => resolve() })
+        this.schedule()
+      })
+    }
+    this.closing = true
+    this.setReady(false)
+    try {
+      if (this.writer.alive) await this.writer.request({ op: 'close', clean: true })
+    } finally {
+      await this.writer.terminate()
+      if (this.reader !== undefined) {
+        await this.reader.request({ op: 'close', clean: true }).catch(() => {})
+        await this.reader.terminate()
+      }
+    }
+  }
+}

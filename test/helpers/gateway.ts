@@ -1,0 +1,88 @@
+// Starting a gateway for a test: in-process (fast, for behaviour) or as a child process (for
+// crashes, signals and exit codes). Both go through the real config loader.
+import fs from 'node:fs'
+import path from 'node:path'
+import { spawn, type ChildProcess } from 'node:child_process'
+import type { TestContext } from 'node:test'
+import { stringify } from 'yaml'
+import { pino } from 'pino'
+import { loadConfig } from '../../config/load.js'
+import { Gateway } from '../../gateway/gateway.js'
+import { cliPath } from './util.js'
+
+export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret' } as const
+
+/** A config with two devices, MQTT and admin on port 0, and the given uplink URLs. */
+export function baseConfig (dataDir: string, uplinks: Record<string, string>, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    gateway: { id: 'gw-test', dataDir, logLevel: 'warn', shutdownTimeout: '10s' },
+    mqtt: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    devices: Object.entries(TOKENS).map(([id, token]) => ({ id, token })),
+    uplinks: Object.entries(uplinks).map(([name, url]) => ({
+      name, type: 'http', url, batchMaxDelay: '5ms', timeout: '2s', retry: { initialDelay: '10ms', maxDelay: '200ms' },
+    })),
+    ...extra,
+  }
+}
+
+export function writeConfig (dir: string, config: Record<string, unknown>, name = 'gridgate.yaml'): string {
+  const file = path.join(dir, name)
+  fs.writeFileSync(file, stringify(config))
+  return file
+}
+
+export async function startInProcess (t: TestContext, config: Record<string, unknown>, opts: { faults?: boolean } = {}): Promise<Gateway> {
+  const dir = path.dirname(String((config.gateway as { dataDir: string }).dataDir))
+  const file = writeConfig(dir, config, `gridgate-${Math.random().toString(36).slice(2)}.yaml`)
+  const gw = new Gateway(loadConfig({ path: file, env: {} }), { log: pino({ level: 'silent' }), faults: opts.faults ?? false })
+  await gw.start()
+  t.after(() => gw.stop().catch(() => {}))
+  return gw
+}
+
+export interface GatewayProcess {
+  child: ChildProcess
+  mqttPort: number
+  adminPort: number
+  logs: Array<Record<string, unknown>>
+  stderr: string[]
+  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  admin (pathname: string, init?: RequestInit): Promise<Response>
+}
+
+/** Spawns `gridgate --config file` and resolves once it logged "gridgate ready". */
+export function spawnGateway (t: TestContext | null, configFile: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [cliPath, '--config', configFile], {
+    env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', GRIDGATE_TEST_FAULTS: '1', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const logs: Array<Record<string, unknown>> = []
+  const stderr: string[] = []
+  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+  t?.after(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  let buf = ''
+  child.stderr!.on('data', (c: Buffer) => stderr.push(c.toString()))
+  return new Promise((resolve, reject) => {
+    child.stdout!.on('data', (c: Buffer) => {
+      buf += c.toString()
+      let nl
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl)
+        buf = buf.slice(nl + 1)
+        let rec: Record<string, unknown>
+        try { rec = JSON.parse(line) as Record<string, unknown> } catch { continue }
+        logs.push(rec)
+        if (rec.msg === 'gridgate ready') {
+          const mqttPort = Number(String(rec.mqtt).split(':').pop())
+          const adminPort = Number(String(rec.admin).split(':').pop())
+          resolve({
+            child, mqttPort, adminPort, logs, stderr, exited,
+            admin: (p, init) => fetch(`http://127.0.0.1:${adminPort}${p}`, init),
+          })
+        }
+      }
+    })
+    void exited.then(({ code, signal }) => reject(new Error(`gateway exited before ready (code ${code}, signal ${signal}): ${stderr.join('')}`)))
+  })
+}

@@ -1,0 +1,33 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { TestContext } from 'node:test'
+
+/** A temp dir removed after the test. */
+export function tempDir (t: TestContext, prefix = 'gg-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** Polls until fn returns a truthy value or the deadline passes (then throws with the message). */
+export async function waitFor<T> (fn: () => T | Promise<T>, message: string, timeoutMs = 20_000, intervalMs = 20): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs
+  let last: T | undefined
+  while (Date.now() < deadline) {
+    last = await fn()
+    if (last) return last as NonNullable<T>
+    await sleep(intervalMs)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for: ${message}`)
+}
+
+export function hasCommand (cmd: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some(dir => {
+    try { fs.accessSync(path.join(dir, cmd), fs.constants.X_OK); return true } catch { return false }
+  })
+}
+
+export const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..')
+export const cliPath = path.join(repoRoot, 'dist', 'gateway', 'cli.js')

@@ -1,0 +1,194 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import { pino } from 'pino'
+import { Store, STORE_FILE, type StoreOptions } from '../../store-forward/store.js'
+import { SCHEMA_VERSION } from '../../store-forward/protocol.js'
+import { isGridgateError } from '../../gateway/errors.js'
+import { tempDir, waitFor } from '../helpers/util.js'
+
+function options (dataDir: string, over: Partial<StoreOptions> = {}): StoreOptions {
+  return {
+    dataDir,
+    sync: 'full',
+    dedupWindowMs: 120_000,
+    commitDelayMs: 0,
+    uplinks: ['a'],
+    floorMs: () => Date.now(),
+    now: () => Date.now(),
+    log: pino({ level: 'silent' }),
+    faults: false,
+    ...over,
+  }
+}
+
+const body = (s: string): Uint8Array => Buffer.from(s)
+
+async function open (t: import('node:test').TestContext, dataDir: string, over: Partial<StoreOptions> = {}): Promise<Store> {
+  const s = new Store(options(dataDir, over))
+  await s.open()
+  t.after(() => s.close().catch(() => {}))
+  return s
+}
+
+test('the writer sets synchronous explicitly and reads it back, also when the file is reopened', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  assert.equal(s1.info.synchronous, 2)
+  assert.equal(s1.info.journalMode, 'wal')
+  await s1.close()
+  // better-sqlite3 would start a reopened WAL file at NORMAL (1) without the explicit pragma.
+  const s2 = await open(t, dir)
+  assert.equal(s2.info.synchronous, 2)
+  await s2.close()
+  const s3 = await open(t, dir, { sync: 'normal' })
+  assert.equal(s3.info.synchronous, 1)
+})
+
+test('concurrent appends share commits and get strictly increasing sequences', async (t) => {
+  const s = await open(t, tempDir(t))
+  const results = await Promise.all(Array.from({ length: 2000 }, (_, i) =>
+    s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `id-${i}` })))
+  const seqs = results.map(r => r.seq)
+  for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i]! > seqs[i - 1]!, 'sequence order follows append order')
+  assert.ok(s.commits < 2000, `group commit: ${s.commits} commits for 2000 appends`)
+  assert.equal(s.uplinks.get('a')!.backlogEvents, 2000)
+})
+
+test('a sequence is never reused after the store empties and reopens', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  const a = await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('x'), eventId: 'x' })
+  await s1.ack(s1.uplinks.get('a')!.slot, a.seq, 1, 1)
+  const st = await s1.stats()
+  assert.equal(st.events, 0, 'delivered rows are deleted')
+  await s1.close()
+  const s2 = await open(t, dir)
+  assert.equal(s2.info.lastSeq, a.seq)
+  const b = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('y'), eventId: 'y' })
+  assert.ok(b.seq > a.seq, `new sequence ${b.seq} > ${a.seq}`)
+  assert.equal(s2.uplinks.get('a')!.cursor, a.seq, 'the cursor survived the restart')
+})
+
+test('a row is deleted only when every uplink it is routed to has acknowledged it', async (t) => {
+  const s = await open(t, tempDir(t), { uplinks: ['a', 'b'] })
+  const a = s.uplinks.get('a')!.slot
+  const b = s.uplinks.get('b')!.slot
+  const r = await Promise.all([1, 2, 3, 4].map(i => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })))
+  await s.ack(a, r[3]!.seq, 4, 8)
+  assert.equal((await s.stats()).events, 4, 'b has not acknowledged anything yet')
+  await s.ack(b, r[1]!.seq, 2, 4)
+  assert.equal((await s.stats()).events, 2)
+  await s.ack(b, r[3]!.seq, 2, 4)
+  assert.equal((await s.stats()).events, 0)
+})
+
+test('a removed uplink no longer pins rows and a new uplink starts at the newest event', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir, { uplinks: ['a', 'b'] })
+  const r = await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('x'), eventId: 'x' })
+  await s1.ack(s1.uplinks.get('a')!.slot, r.seq, 1, 1)
+  await s1.close()
+  const s2 = await open(t, dir, { uplinks: ['a', 'c'] })
+  assert.deepEqual(s2.info.removedUplinks, [{ name: 'b', backlogEvents: 1 }])
+  assert.equal((await s2.stats()).events, 0, 'the row only b wanted is gone')
+  assert.equal(s2.uplinks.get('c')!.cursor, r.seq)
+  assert.equal(s2.uplinks.get('c')!.backlogEvents, 0)
+})
+
+test('a dedup key answers a retransmission with the original outcome, also after a restart', async (t) => {
+  const dir = tempDir(t)
+  const key = new Uint8Array(16).fill(7)
+  const s1 = await open(t, dir)
+  const first = await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('x'), eventId: 'id-1', dedupKey: key })
+  const again = await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('x'), eventId: 'id-2', dedupKey: key, dedupCheck: true })
+  assert.deepEqual(again, { seq: first.seq, duplicate: true, eventId: 'id-1' })
+  await s1.close()
+  const s2 = await open(t, dir)
+  const third = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('x'), eventId: 'id-3', dedupKey: key, dedupCheck: true })
+  assert.equal(third.duplicate, true)
+  assert.equal((await s2.stats()).events, 1)
+})
+
+test('a dedup key outside the window is not a duplicate', async (t) => {
+  let now = Date.now()
+  const s = await open(t, tempDir(t), { dedupWindowMs: 1000, now: () => now })
+  const key = new Uint8Array(16).fill(9)
+  await s.append({ ingestMs: now, routes: s.routesAll, body: body('x'), eventId: 'id-1', dedupKey: key })
+  now += 5000
+  const r = await s.append({ ingestMs: now, routes: s.routesAll, body: body('x'), eventId: 'id-2', dedupKey: key, dedupCheck: true })
+  assert.equal(r.duplicate, false)
+})
+
+test('a failed commit rolls back, fails its appends and the next commit succeeds', async (t) => {
+  const s = await open(t, tempDir(t), { faults: true })
+  await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('ok'), eventId: 'ok' })
+  s.fault('failCommits', 1)
+  await assert.rejects(s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('bad'), eventId: 'bad' }),
+    (err: unknown) => isGridgateError(err, 'GG_ERR_STORE_FULL'))
+  assert.equal((await s.stats()).events, 1, 'nothing half-stored')
+  const after = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('after'), eventId: 'after' })
+  assert.equal(after.duplicate, false)
+  assert.equal((await s.stats()).events, 2)
+  assert.equal(s.uplinks.get('a')!.backlogEvents, 2, 'failed appends are not counted')
+})
+
+test('when the writer dies, its pending appends fail, the store turns unready and recovers', async (t) => {
+  const s = await open(t, tempDir(t), { faults: true })
+  const states: boolean[] = []
+  s.on('ready', (r) => states.push(r))
+  s.fault('killWriter', 1)
+  await assert.rejects(s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('lost'), eventId: 'lost' }),
+    (err: unknown) => isGridgateError(err, 'GG_ERR_STORE_UNAVAILABLE'))
+  await waitFor(() => s.ready, 'the writer restarted')
+  assert.deepEqual(states, [false, true])
+  await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('kept'), eventId: 'kept' })
+  const st = await s.stats()
+  assert.equal(st.events, 1, 'the event of the killed commit is absent')
+})
+
+test('a commit held before COMMIT acknowledges nothing until released', async (t) => {
+  const s = await open(t, tempDir(t), { faults: true })
+  s.fault('holdBeforeCommit', 1)
+  let acked = false
+  const p = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('held'), eventId: 'held' }).then(() => { acked = true })
+  await waitFor(() => s.faultValue('holding') === 1, 'the writer is holding')
+  assert.equal(acked, false)
+  s.fault('holdBeforeCommit', 0)
+  await p
+  assert.equal(acked, true)
+})
+
+test('a store from a newer gridgate is refused, and a corrupt one is moved aside with a new storeid', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  const oldId = s1.info.storeId
+  await s1.close()
+  const db = new Database(path.join(dir, STORE_FILE))
+  db.pragma(`user_version = ${SCHEMA_VERSION + 1}`)
+  db.close()
+  await assert.rejects(new Store(options(dir)).open(), (err: unknown) => isGridgateError(err, 'GG_ERR_STORE_VERSION'))
+
+  fs.writeFileSync(path.join(dir, STORE_FILE), Buffer.alloc(8192, 0x5a))
+  const s2 = await open(t, dir)
+  assert.notEqual(s2.info.movedAside, null)
+  assert.notEqual(s2.info.storeId, oldId)
+  assert.ok(fs.existsSync(path.join(s2.info.movedAside!, STORE_FILE)), 'the corrupt file was kept for inspection')
+})
+
+test('an unclean stop is detected and quick_check runs on the next start', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('x'), eventId: 'x' })
+  // Simulate a crash: the file still says "not clean".
+  const db = new Database(path.join(dir, STORE_FILE))
+  await s1.close()
+  db.prepare("UPDATE meta SET value = '0' WHERE key = 'clean'").run()
+  db.close()
+  const s2 = await open(t, dir)
+  assert.equal(s2.info.uncleanShutdown, true)
+  assert.equal(s2.info.quickCheck, 'ok')
+  assert.equal(s2.uplinks.get('a')!.backlogEvents, 1)
+})
