@@ -1,0 +1,225 @@
+// The one schema that validates gridgate.yaml and gives its types. Every object is strict: a key the
+// schema does not know is an error, never silently ignored. Defaults sit next to their keys, written
+// with units; `prefault` feeds them through the schema so sizes and durations get parsed like user input.
+//
+// Extending it: a new section is one line in `configSchema`; a new uplink type is one
+// `uplinkType('grpc', { …its own keys })` added to `uplinkTypes`.
+
+import { hostname } from 'node:os'
+import { z } from 'zod'
+import { parseDuration, parseSize } from './units.js'
+
+// Marks leaves that need more than their value to be printed (units) or must not be printed at all,
+// so renderConfig knows them from the schema rather than from a list of key names.
+export type LeafMeta = { unit?: 'size' | 'duration', secret?: true }
+export const leafMeta = z.registry<LeafMeta>()
+
+// Every message is complete ("expected …, got …") so the loader only has to prefix the path.
+export function shown (v: unknown): string {
+  if (v === null || typeof v !== 'object') return typeof v === 'string' ? JSON.stringify(v) : String(v)
+  return Array.isArray(v) ? 'a list' : 'a mapping'
+}
+
+function expected (what: string) {
+  return { error: (iss: { input?: unknown }) => iss.input === undefined ? 'required' : `expected ${what}, got ${shown(iss.input)}` }
+}
+
+function size (def: string, bounds: { min?: string, max?: string } = {}) {
+  const min = bounds.min === undefined ? 0 : parseSize(bounds.min)
+  const max = bounds.max === undefined ? Number.MAX_SAFE_INTEGER : parseSize(bounds.max)
+  const schema = z.union([z.string(), z.number()], expected('a size like 64KiB or a number of bytes'))
+    .transform((v, ctx) => {
+      const bytes = convert(v, parseSize, ctx)
+      if (bytes === undefined) return z.NEVER
+      if (bytes < min || bytes > max) {
+        const range = bounds.max === undefined ? `at least ${bounds.min ?? '0B'}` : `${bounds.min ?? '0B'} to ${bounds.max}`
+        ctx.issues.push({ code: 'custom', input: v, message: `expected a size of ${range}, got ${shown(v)}` })
+        return z.NEVER
+      }
+      return bytes
+    })
+    .register(leafMeta, { unit: 'size' })
+  return schema.prefault(def)
+}
+
+function duration (def: string) {
+  const schema = z.union([z.string(), z.number()], expected('a duration like 30s or a number of milliseconds'))
+    .transform((v, ctx) => convert(v, parseDuration, ctx) ?? z.NEVER)
+    .register(leafMeta, { unit: 'duration' })
+  return schema.prefault(def)
+}
+
+function convert (v: string | number, parse: (v: string | number) => number, ctx: z.RefinementCtx): number | undefined {
+  try {
+    return parse(v)
+  } catch (err) {
+    ctx.issues.push({ code: 'custom', input: v, message: `${(err as Error).message}, got ${shown(v)}` })
+    return undefined
+  }
+}
+
+const port = (def: number) => z.int(expected('integer 0..65535'))
+  .min(0, expected('integer 0..65535'))
+  .max(65535, expected('integer 0..65535'))
+  .default(def)
+
+const host = (def: string) => z.string().min(1).default(def)
+
+// The host name, made to pass the id rule below.
+function defaultGatewayId (): string {
+  return hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 128) || 'gridgate'
+}
+
+const gatewaySchema = z.strictObject({
+  id: z.string()
+    .regex(/^[A-Za-z0-9._-]{1,128}$/, expected('1 to 128 of A-Z a-z 0-9 . _ -'))
+    .default(defaultGatewayId),
+  dataDir: z.string().min(1).default('./data'),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  shutdownTimeout: duration('10s'),
+})
+
+const mqttSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  host: host('0.0.0.0'),
+  port: port(1883),
+  maxPacketSize: size('256KiB', { min: '1KiB', max: '256MiB' }),
+})
+
+const adminSchema = z.strictObject({
+  host: host('127.0.0.1'),
+  port: port(9080),
+})
+
+const authSchema = z.strictObject({
+  allowAnonymous: z.boolean().default(false),
+})
+
+export function topicFilterProblem (filter: string): string | undefined {
+  if (filter === '') return 'a topic filter must not be empty' // [MQTT-4.7.3-1]
+  if (filter.includes('\u0000')) return 'a topic filter must not contain U+0000' // [MQTT-4.7.3-2]
+  if (Buffer.byteLength(filter) > 65_535) return 'a topic filter must not exceed 65535 bytes' // [MQTT-4.7.3-3]
+  const levels = filter.split('/')
+  for (const [i, level] of levels.entries()) {
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) {
+      return "'#' must be alone in the last level" // [MQTT-4.7.1-2]
+    }
+    if (level.includes('+') && level !== '+') return "'+' must be alone in its level" // [MQTT-4.7.1-3]
+  }
+  return undefined
+}
+
+const topicFilter = z.string().check((ctx) => {
+  const problem = topicFilterProblem(ctx.value)
+  if (problem !== undefined) ctx.issues.push({ code: 'custom', input: ctx.value, message: `invalid MQTT topic filter ${JSON.stringify(ctx.value)}: ${problem}` })
+})
+
+// Cross-field checks normally skip values that already have issues; these run anyway so that every
+// problem is reported at once. They get a value of the right shape but possibly bad fields.
+const runDespiteIssues = {
+  when: (p: { value: unknown }) => typeof p.value === 'object' && p.value !== null,
+}
+
+const deviceSchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/,
+    expected('1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit')),
+  // Secrets never appear in messages: no "got".
+  token: z.string({ error: 'expected a string (quote a token of digits only)' })
+    .min(8, { error: 'expected at least 8 characters' }).register(leafMeta, { secret: true }).optional(),
+  tokenHash: z.string().startsWith('$scrypt$', { error: 'expected a PHC string starting with $scrypt$ (see gridgate hash-token)' }).optional(),
+  publish: z.array(topicFilter).optional(),
+  subscribe: z.array(topicFilter).optional(),
+  enabled: z.boolean().default(true),
+})
+  .superRefine((d, ctx) => {
+    if (d.token === undefined && d.tokenHash === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'one of token or tokenHash is required' })
+    } else if (d.token !== undefined && d.tokenHash !== undefined) {
+      ctx.addIssue({ code: 'custom', message: 'token and tokenHash are mutually exclusive, give only one' })
+    }
+  }, runDespiteIssues)
+  // Defaults that depend on the id cannot be field defaults.
+  .transform(({ publish, subscribe, ...d }) => ({
+    ...d,
+    publish: publish ?? [`devices/${d.id}/#`],
+    subscribe: subscribe ?? [`devices/${d.id}/commands/#`],
+  }))
+
+const storeSchema = z.strictObject({
+  sync: z.enum(['full', 'normal']).default('full'),
+  dedupWindow: duration('2m'),
+  commitDelay: duration('0ms'),
+})
+
+const retrySchema = z.strictObject({
+  initialDelay: duration('100ms'),
+  maxDelay: duration('30s'),
+})
+
+// Keys every uplink type has, whatever its transport.
+const uplinkCommon = {
+  batchMaxEvents: z.int().min(1).max(10_000).default(500),
+  batchMaxBytes: size('1MiB', { min: '1KiB' }),
+  batchMaxDelay: duration('20ms'),
+  timeout: duration('10s'),
+  retry: retrySchema.prefault({}),
+}
+
+function uplinkType<T extends string, S extends z.core.$ZodLooseShape> (type: T, own: S) {
+  return z.strictObject({
+    name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/i,
+      expected('1 to 63 of A-Z a-z 0-9 _ -, starting with a letter or digit')),
+    type: z.literal(type),
+    ...own,
+    ...uplinkCommon,
+  })
+}
+
+const httpUplinkSchema = uplinkType('http', {
+  url: z.url({ protocol: /^https?$/, ...expected('an http:// or https:// URL') }),
+})
+
+const uplinkTypes = [httpUplinkSchema] as const
+
+const MAX_UPLINKS = 62
+
+// Paths are relative to the array, so the message lands at the duplicate item's own key.
+function unique<T> (list: string, key: string, what: string) {
+  return (items: readonly T[], ctx: z.RefinementCtx<T[]>) => {
+    if (!Array.isArray(items)) return
+    const seen = new Map<unknown, number>()
+    for (const [i, item] of items.entries()) {
+      const value = (item as Record<string, unknown> | undefined)?.[key]
+      if (typeof value !== 'string') continue
+      const first = seen.get(value)
+      if (first === undefined) seen.set(value, i)
+      else ctx.addIssue({ code: 'custom', path: [i, key], message: `duplicate ${what} ${JSON.stringify(value)}, first used at ${list}[${first}]` })
+    }
+  }
+}
+
+export const configSchema = z.strictObject({
+  gateway: gatewaySchema.prefault({}),
+  mqtt: mqttSchema.prefault({}),
+  admin: adminSchema.prefault({}),
+  auth: authSchema.prefault({}),
+  devices: z.array(deviceSchema)
+    .superRefine(unique('devices', 'id', 'device id'), runDespiteIssues)
+    .default([]),
+  store: storeSchema.prefault({}),
+  uplinks: z.array(z.discriminatedUnion('type', uplinkTypes))
+    .max(MAX_UPLINKS, { error: `expected at most ${MAX_UPLINKS} uplinks` })
+    .superRefine(unique('uplinks', 'name', 'uplink name'), runDespiteIssues)
+    .default([]),
+})
+
+export type Config = z.output<typeof configSchema>
+export type GatewaySection = Config['gateway']
+export type MqttSection = Config['mqtt']
+export type AdminSection = Config['admin']
+export type AuthSection = Config['auth']
+export type DeviceConfig = Config['devices'][number]
+export type StoreSection = Config['store']
+export type UplinkConfig = Config['uplinks'][number]
+export type HttpUplinkConfig = Extract<UplinkConfig, { type: 'http' }>
+export type RetryConfig = HttpUplinkConfig['retry']

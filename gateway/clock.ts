@@ -1,0 +1,98 @@
+// Time for event stamps, event ids and TTLs. An edge box without a real-time clock may boot at 1970
+// or at its last saved time until NTP syncs, so time never goes below the persisted floor (the highest
+// time handed out before) and never goes backwards within a run (DESIGN.md "Store", clock floor).
+
+import { randomFillSync } from 'node:crypto'
+import { v7 as uuidv7 } from 'uuid'
+
+export interface ClockOptions {
+  /** The persisted floor in ms since the epoch: the highest time used by the previous run. */
+  floorMs: number
+  /** Wall clock in ms since the epoch; Date.now by default (a seam for tests). */
+  wall?: () => number
+}
+
+export class Clock {
+  readonly #wall: () => number
+  readonly #startFloor: number
+  #last: number
+
+  constructor (opts: ClockOptions) {
+    this.#wall = opts.wall ?? Date.now
+    // A missing or garbled floor (NaN, negative) only loses the protection, it must not stop start-up.
+    const floor = Number.isFinite(opts.floorMs) && opts.floorMs > 0 ? Math.floor(opts.floorMs) : 0
+    this.#startFloor = floor
+    this.#last = floor
+  }
+
+  /** max(wall, floor, last value handed out), in ms since the epoch: never decreases. */
+  now (): number {
+    const wall = Math.floor(this.#wall())
+    if (wall > this.#last) this.#last = wall
+    return this.#last
+  }
+
+  /** The highest value handed out (or the start floor): the value to persist as the next floor. */
+  get floorMs (): number {
+    return this.#last
+  }
+
+  /** Whether the wall clock has reached the floor persisted by the previous run (gridgate_clock_synced). */
+  synced (): boolean {
+    return this.#wall() >= this.#startFloor
+  }
+
+  /** now() as RFC 3339 with milliseconds, UTC. */
+  nowIso (): string {
+    return new Date(this.now()).toISOString()
+  }
+}
+
+const SEQ_MAX = 0xffff_ffff // uuid's v7 takes a 32-bit counter (rand_a 12 bits + 20 bits of rand_b)
+
+/**
+ * UUIDv7 ids (RFC 9562) that are strictly increasing, as bytes and as strings, for the life of the
+ * process, and that follow the clock's floor. Counter per RFC 9562 §6.2 method 1: each new millisecond
+ * starts the counter at a random 31-bit value (top bit clear, leaving 2^31 increments of headroom);
+ * within a millisecond it is incremented; on overflow the time stamp moves one ms ahead of the clock.
+ */
+export class IdGenerator {
+  readonly #clock: Clock
+  #msecs = -1
+  #seq = 0
+  readonly #pool = new Uint32Array(64)
+  #poolIndex = 64
+  readonly #seedSource: () => number
+
+  /** `opts.seed` replaces the random counter seed (tests); the default is 31 random bits. */
+  constructor (clock: Clock, opts: { seed?: () => number } = {}) {
+    this.#clock = clock
+    this.#seedSource = opts.seed ?? (() => this.#randomSeed())
+  }
+
+  /**
+   * The next id. `msecs` (normally a value just taken from the clock, so that the event's time and
+   * its id agree) defaults to clock.now(); a value below the last id's time stamp is raised to it.
+   */
+  next (msecs: number = this.#clock.now()): string {
+    const ms = Math.floor(msecs)
+    if (ms > this.#msecs) {
+      this.#msecs = ms
+      this.#seq = this.#seedSource()
+    } else if (this.#seq < SEQ_MAX) {
+      this.#seq++
+    } else {
+      this.#msecs++
+      this.#seq = this.#seedSource()
+    }
+    return uuidv7({ msecs: this.#msecs, seq: this.#seq })
+  }
+
+  #randomSeed (): number {
+    if (this.#poolIndex === this.#pool.length) {
+      randomFillSync(this.#pool)
+      this.#poolIndex = 0
+    }
+    return (this.#pool[this.#poolIndex++] as number) >>> 1
+  }
+}

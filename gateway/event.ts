@@ -1,0 +1,255 @@
+// The event: one CloudEvents 1.0 schema for every device. Stored as the CloudEvents protobuf format
+// (io.cloudevents.v1.CloudEvent), sent as structured-mode JSON (HTTP) or protobuf (gRPC).
+// storeid and sequence are not stored in the event body: the row's sequence and the store's id are
+// added when an event is rendered for an uplink, so a body never needs rewriting.
+
+import { Buffer } from 'node:buffer'
+import protobuf from 'protobufjs'
+import { protoSource } from './proto/index.js'
+
+export type EventData =
+  | { kind: 'json', text: string } // normalized JSON text (always valid JSON), datacontenttype application/json
+  | { kind: 'text', text: string }
+  | { kind: 'binary', bytes: Uint8Array } // data_base64 in JSON
+
+export interface GridEvent {
+  id: string
+  source: string
+  type: string
+  /** The topic; '' only for foreign events that had none (then it is not rendered). */
+  subject: string
+  /** Receipt time, RFC 3339 with milliseconds in UTC ('2024-05-01T12:00:00.123Z'). */
+  time: string
+  datacontenttype?: string
+  data?: EventData
+  /** Extension attributes by lowercase name (deviceid, protocol, gatewayid, sourcecontenttype, normalizeerror, traceparent...). */
+  extensions: Record<string, string>
+}
+
+export const SPEC_VERSION = '1.0'
+
+// ---- schema, loaded once ----------------------------------------------------------------------------
+
+interface Timestamp { seconds: number | { toNumber(): number }, nanos: number }
+interface AnyMessage { type_url: string, value: Uint8Array }
+
+// A decoded CloudEventAttributeValue; `attr` is protobufjs' virtual oneof property (the member's name).
+interface AttributeValue {
+  attr?: string
+  ce_boolean?: boolean
+  ce_integer?: number
+  ce_string?: string
+  ce_bytes?: Uint8Array
+  ce_uri?: string
+  ce_uri_ref?: string
+  ce_timestamp?: Timestamp
+}
+
+interface CloudEventMessage {
+  id: string
+  source: string
+  spec_version: string
+  type: string
+  attributes: Record<string, AttributeValue>
+  data?: string
+  binary_data?: Uint8Array
+  text_data?: string
+  proto_data?: AnyMessage
+}
+
+function loadSchema (): { event: protobuf.Type, batch: protobuf.Type } {
+  const root = new protobuf.Root()
+  const parsed = protobuf.parse(protoSource('cloudevents.proto'), root, { keepCase: true })
+  // google/protobuf/{any,timestamp}.proto come from protobufjs' bundled copies: no file, no network.
+  for (const name of parsed.imports ?? []) {
+    const common = (protobuf.common as unknown as Record<string, protobuf.INamespace | undefined>)[name]
+    if (common?.nested === undefined) throw new Error(`cloudevents.proto imports ${name}, which protobufjs does not bundle`)
+    root.addJSON(common.nested)
+  }
+  root.resolveAll()
+  return {
+    event: root.lookupType('io.cloudevents.v1.CloudEvent'),
+    batch: root.lookupType('io.cloudevents.v1.CloudEventBatch'),
+  }
+}
+
+const schema = loadSchema()
+
+// ---- attribute names --------------------------------------------------------------------------------
+
+// CloudEvents 1.0 §"Attribute Naming Convention": lowercase ASCII letters and digits only.
+const ATTRIBUTE_NAME = /^[a-z0-9]+$/
+
+// Attributes with a place of their own in GridEvent or in the JSON envelope; never extensions.
+const RESERVED = new Set([
+  'specversion', 'id', 'source', 'type', 'subject', 'time', 'datacontenttype', 'data', 'data_base64',
+])
+// Added by the rendering functions from their arguments; an extension of the same name is ignored there.
+const RENDERED = new Set([...RESERVED, 'storeid', 'sequence'])
+
+// ---- protobuf ---------------------------------------------------------------------------------------
+
+function toTimestamp (time: string): Timestamp {
+  const ms = Date.parse(time)
+  if (Number.isNaN(ms)) throw new TypeError(`event time is not RFC 3339: ${JSON.stringify(time)}`)
+  const seconds = Math.floor(ms / 1000)
+  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 }
+}
+
+function fromTimestamp (ts: Timestamp): string {
+  const seconds = typeof ts.seconds === 'number' ? ts.seconds : ts.seconds.toNumber()
+  const date = new Date(seconds * 1000 + Math.floor(ts.nanos / 1_000_000))
+  if (Number.isNaN(date.getTime())) throw new TypeError('event time stamp is out of range')
+  return date.toISOString()
+}
+
+function base64 (bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64')
+}
+
+// Every attribute kind as the string GridEvent keeps. Only foreign events carry kinds other than
+// ce_string and ce_timestamp; their JSON rendering then shows them as strings.
+function attributeString (v: AttributeValue): string | undefined {
+  switch (v.attr) {
+    case 'ce_string': return v.ce_string
+    case 'ce_timestamp': return v.ce_timestamp === undefined ? undefined : fromTimestamp(v.ce_timestamp)
+    case 'ce_uri': return v.ce_uri
+    case 'ce_uri_ref': return v.ce_uri_ref
+    case 'ce_boolean': return v.ce_boolean === true ? 'true' : 'false'
+    case 'ce_integer': return String(v.ce_integer ?? 0)
+    case 'ce_bytes': return v.ce_bytes === undefined ? undefined : base64(v.ce_bytes)
+    default: return undefined
+  }
+}
+
+/** Encode as io.cloudevents.v1.CloudEvent: time as ce_timestamp, subject, datacontenttype and extensions as ce_string. */
+export function encodeEvent (ev: GridEvent): Uint8Array {
+  if (ev.id === '' || ev.source === '' || ev.type === '') throw new TypeError('an event needs id, source and type')
+  const attributes: Record<string, AttributeValue> = { time: { ce_timestamp: toTimestamp(ev.time) } }
+  if (ev.subject !== '') attributes['subject'] = { ce_string: ev.subject }
+  if (ev.datacontenttype !== undefined) attributes['datacontenttype'] = { ce_string: ev.datacontenttype }
+  for (const name in ev.extensions) {
+    if (!ATTRIBUTE_NAME.test(name) || RESERVED.has(name)) {
+      throw new TypeError(`invalid CloudEvents extension name: ${JSON.stringify(name)} (lowercase a-z and 0-9, not a core attribute)`)
+    }
+    attributes[name] = { ce_string: ev.extensions[name] as string }
+  }
+  const msg: CloudEventMessage = { id: ev.id, source: ev.source, spec_version: SPEC_VERSION, type: ev.type, attributes }
+  const data = ev.data
+  if (data !== undefined) {
+    if (data.kind === 'binary') msg.binary_data = data.bytes
+    else msg.text_data = data.text
+  }
+  return schema.event.encode(msg).finish()
+}
+
+function decodeMessage (bytes: Uint8Array): CloudEventMessage {
+  try {
+    return schema.event.decode(bytes) as unknown as CloudEventMessage
+  } catch (err) {
+    throw new TypeError('bytes are not an io.cloudevents.v1.CloudEvent', { cause: err })
+  }
+}
+
+/** Decode a stored event. Throws TypeError when the bytes are not a CloudEvent. */
+export function decodeEvent (bytes: Uint8Array): GridEvent {
+  const m = decodeMessage(bytes)
+  const ev: GridEvent = { id: m.id, source: m.source, type: m.type, subject: '', time: '', extensions: {} }
+  const attrs = m.attributes
+  for (const name in attrs) {
+    const value = attributeString(attrs[name] as AttributeValue)
+    if (value === undefined) continue
+    switch (name) {
+      case 'time': ev.time = value; break
+      case 'subject': ev.subject = value; break
+      case 'datacontenttype': ev.datacontenttype = value; break
+      case 'specversion': case 'id': case 'source': case 'type': case 'data': break
+      default: ev.extensions[name] = value
+    }
+  }
+  switch (m.data) {
+    case 'text_data':
+      // Our encoder writes json data only with datacontenttype exactly application/json (see decoders/).
+      ev.data = ev.datacontenttype === 'application/json'
+        ? { kind: 'json', text: m.text_data as string }
+        : { kind: 'text', text: m.text_data as string }
+      break
+    case 'binary_data':
+      ev.data = { kind: 'binary', bytes: m.binary_data as Uint8Array }
+      break
+    case 'proto_data': {
+      // Never written by gridgate; kept as the packed message's bytes.
+      const any = m.proto_data as AnyMessage
+      ev.data = { kind: 'binary', bytes: any.value }
+      ev.datacontenttype ??= 'application/protobuf'
+      if (ev.extensions['dataschema'] === undefined && any.type_url !== '') ev.extensions['dataschema'] = any.type_url
+      break
+    }
+  }
+  return ev
+}
+
+function withSequence (body: Uint8Array, storeId: string, seq: number): CloudEventMessage {
+  const m = decodeMessage(body)
+  m.attributes['storeid'] = { ce_string: storeId }
+  m.attributes['sequence'] = { ce_string: formatSequence(seq) }
+  return m
+}
+
+/** The stored event re-encoded with the storeid and sequence extensions (ce_string), for a gRPC sink. */
+export function toProtoWithSequence (body: Uint8Array, storeId: string, seq: number): Uint8Array {
+  return schema.event.encode(withSequence(body, storeId, seq)).finish()
+}
+
+/** An io.cloudevents.v1.CloudEventBatch of stored events, each with storeid and sequence. */
+export function encodeProtoBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Uint8Array {
+  return schema.batch.encode({ events: events.map(e => withSequence(e.body, storeId, e.seq)) }).finish()
+}
+
+// ---- JSON -------------------------------------------------------------------------------------------
+
+/**
+ * The CloudEvents sequence extension is a string compared lexicographically, so the store's integer
+ * sequence is zero-padded to 20 digits (enough for any unsigned 64-bit value).
+ */
+export function formatSequence (seq: number): string {
+  if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError(`sequence must be a non-negative safe integer, got ${seq}`)
+  return String(seq).padStart(20, '0')
+}
+
+const quote = JSON.stringify as (s: string) => string
+
+/**
+ * One structured-mode CloudEvents JSON object (CloudEvents JSON format §3) with the storeid and
+ * sequence extensions. Built by concatenation: JSON data is inlined as it is (already valid JSON).
+ */
+export function renderJson (ev: GridEvent, storeId: string, sequence: number): string {
+  let s = '{"specversion":"1.0","id":' + quote(ev.id) + ',"source":' + quote(ev.source) + ',"type":' + quote(ev.type)
+  if (ev.subject !== '') s += ',"subject":' + quote(ev.subject)
+  if (ev.time !== '') s += ',"time":' + quote(ev.time)
+  if (ev.datacontenttype !== undefined) s += ',"datacontenttype":' + quote(ev.datacontenttype)
+  const ext = ev.extensions
+  for (const name in ext) {
+    if (RENDERED.has(name)) continue
+    s += (ATTRIBUTE_NAME.test(name) ? ',"' + name + '":' : ',' + quote(name) + ':') + quote(ext[name] as string)
+  }
+  s += ',"storeid":' + quote(storeId) + ',"sequence":"' + formatSequence(sequence) + '"'
+  const data = ev.data
+  if (data !== undefined) {
+    if (data.kind === 'json') s += ',"data":' + data.text
+    else if (data.kind === 'text') s += ',"data":' + quote(data.text)
+    else s += ',"data_base64":"' + base64(data.bytes) + '"'
+  }
+  return s + '}'
+}
+
+/** A JSON array (application/cloudevents-batch+json) of stored events, in the order given. */
+export function renderJsonBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): string {
+  let s = '['
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i] as { seq: number, body: Uint8Array }
+    if (i > 0) s += ','
+    s += renderJson(decodeEvent(e.body), storeId, e.seq)
+  }
+  return s + ']'
+}

@@ -1,0 +1,181 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import path from 'node:path'
+import { once } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
+import mqttPacket from 'mqtt-packet'
+import { tempDir, waitFor } from '../helpers/util.js'
+import { startReceiver } from '../helpers/receiver.js'
+import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
+import { connect, connectRefused } from '../helpers/mqtt.js'
+import { brokerClientId, protocolViolation } from '../../adapters/mqtt/index.js'
+
+async function setup (t: import('node:test').TestContext, extra: Record<string, unknown> = {}) {
+  const rx = await startReceiver(t)
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }, extra))
+  return { rx, gw, port: gw.mqttAddress!.port }
+}
+
+/** A raw MQTT 3.1.1 connection, for packets a well-behaved client library would not send. */
+async function rawClient (t: import('node:test').TestContext, port: number, clientId: string, username: string, password: string) {
+  const socket = net.connect(port, '127.0.0.1')
+  t.after(() => socket.destroy())
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  const parser = mqttPacket.parser({ protocolVersion: 4 })
+  const packets: mqttPacket.Packet[] = []
+  socket.on('data', (b: Buffer) => parser.parse(b))
+  parser.on('packet', (p: mqttPacket.Packet) => packets.push(p))
+  const send = (p: Record<string, unknown>): void => { socket.write(mqttPacket.generate(p as unknown as mqttPacket.Packet)) }
+  send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 30, username, password: Buffer.from(password) })
+  await waitFor(() => packets.find(p => p.cmd === 'connack'), 'CONNACK')
+  return { socket, packets, send }
+}
+
+test('a wrong password is refused at CONNACK with "bad user name or password"', async (t) => {
+  const { port } = await setup(t)
+  const r = await connectRefused(port, { username: 'sensor-1', password: 'wrong-secret' })
+  assert.equal(r.code, 4)
+  const r5 = await connectRefused(port, { username: 'sensor-1', password: 'wrong-secret', protocolVersion: 5 })
+  assert.equal(r5.code, 0x86)
+})
+
+test('an unknown device and an anonymous client are refused at CONNACK', async (t) => {
+  const { port, gw } = await setup(t)
+  assert.equal((await connectRefused(port, { username: 'nobody', password: 'whatever-secret' })).code, 4)
+  assert.equal((await connectRefused(port, {})).code, 5)
+  const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
+  assert.match(metrics, /gridgate_auth_failures_total\{protocol="mqtt"\} 2/)
+})
+
+test('anonymous clients connect when auth.allowAnonymous is on, inside devices/anonymous/#', async (t) => {
+  const { port, rx } = await setup(t, { auth: { allowAnonymous: true } })
+  const client = await connect(t, port, {})
+  await client.publishAsync('devices/anonymous/x', '{"a":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the anonymous event arrives')
+  assert.equal(rx.events[0]!.deviceid, 'anonymous')
+})
+
+test('a publish outside the namespace closes an MQTT 3.1.1 connection and is never forwarded', async (t) => {
+  const { port, rx } = await setup(t)
+  const client = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  client.publish('devices/sensor-2/temp', '{"stolen":true}', { qos: 1 })
+  await closed
+  const ok = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await ok.publishAsync('devices/sensor-1/temp', '{"ok":true}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the allowed event arrives')
+  await sleep(100)
+  assert.deepEqual(rx.events.map(e => e.data), [{ ok: true }])
+})
+
+test('a publish outside the namespace gets PUBACK 0x87 on MQTT 5 and is never forwarded', async (t) => {
+  const { port, rx } = await setup(t)
+  const client = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
+  await assert.rejects(client.publishAsync('devices/sensor-2/temp', '{"stolen":true}', { qos: 1 }), (err: Error & { code?: number }) => err.code === 0x87)
+  await client.publishAsync('devices/sensor-1/temp', '{"ok":true}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the allowed event arrives')
+  assert.deepEqual(rx.events.map(e => e.data), [{ ok: true }])
+})
+
+test('a second device using the first device\'s client id leaves the first connected and its session untouched', async (t) => {
+  const { port, rx } = await setup(t)
+  const first = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], clientId: 'shared-id', clean: false })
+  await first.subscribeAsync('devices/sensor-1/commands/#', { qos: 1 })
+  let firstClosed = false
+  first.on('close', () => { firstClosed = true })
+  const second = await connect(t, port, { username: 'sensor-2', password: TOKENS['sensor-2'], clientId: 'shared-id' })
+  await second.publishAsync('devices/sensor-2/x', '{"from":2}', { qos: 1 })
+  await first.publishAsync('devices/sensor-1/x', '{"from":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 2, 'both events')
+  assert.equal(firstClosed, false)
+  assert.equal(brokerClientId('sensor-1', 'shared-id'), 'sensor-1:shared-id')
+  assert.equal(brokerClientId('sensor-1', 'sensor-1:x'), 'sensor-1:x')
+  // The first device's subscription still works: a controller command reaches it.
+  const got = new Promise<string>((resolve) => first.on('message', (topic, payload) => resolve(`${topic} ${payload.toString()}`)))
+  const ctl = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], clientId: 'ctl' })
+  await ctl.publishAsync('devices/sensor-1/commands/reboot', 'now', { qos: 1 })
+  assert.equal(await got, 'devices/sensor-1/commands/reboot now')
+  await sleep(100)
+  assert.equal(rx.events.length, 2, 'command topics are delivered locally, not stored as events')
+})
+
+test('a subscription outside the device\'s patterns is refused in SUBACK', async (t) => {
+  const { port } = await setup(t)
+  const client = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  // mqtt.js turns a 0x80 return code in SUBACK into an error.
+  await assert.rejects(client.subscribeAsync('devices/sensor-2/commands/#', { qos: 1 }), /Subscribe error/)
+  assert.equal(client.connected, true, 'a refused subscription does not close the connection')
+  const ok = await client.subscribeAsync('devices/sensor-1/commands/+', { qos: 1 })
+  assert.equal(ok[0]!.qos, 1)
+})
+
+test('a QoS1 PUBLISH resent with DUP=1 after a lost PUBACK becomes one event', async (t) => {
+  const { port, rx, gw } = await setup(t)
+  const c = await rawClient(t, port, 'raw-1', 'sensor-1', TOKENS['sensor-1'])
+  const publish = { cmd: 'publish', topic: 'devices/sensor-1/dup', payload: Buffer.from('{"n":1}'), qos: 1, messageId: 7, dup: false, retain: false }
+  c.send(publish)
+  await waitFor(() => c.packets.filter(p => p.cmd === 'puback').length === 1, 'first PUBACK')
+  // The device never saw that PUBACK and retransmits.
+  c.send({ ...publish, dup: true })
+  await waitFor(() => c.packets.filter(p => p.cmd === 'puback').length === 2, 'second PUBACK')
+  await waitFor(() => rx.events.length === 1, 'one event')
+  await sleep(200)
+  assert.equal(rx.events.length, 1)
+  assert.equal((await gw.store.stats()).events + rx.events.length >= 1, true)
+  const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
+  assert.match(metrics, /gridgate_dedup_hits_total\{protocol="mqtt"\} 1/)
+})
+
+test('a QoS2 publish is stored once even when resent before PUBREL', async (t) => {
+  const { port, rx } = await setup(t)
+  const c = await rawClient(t, port, 'raw-2', 'sensor-1', TOKENS['sensor-1'])
+  const publish = { cmd: 'publish', topic: 'devices/sensor-1/q2', payload: Buffer.from('{"n":2}'), qos: 2, messageId: 9, dup: false, retain: false }
+  c.send(publish)
+  c.send({ ...publish, dup: true })
+  await waitFor(() => c.packets.filter(p => p.cmd === 'pubrec').length === 2, 'two PUBRECs')
+  c.send({ cmd: 'pubrel', messageId: 9 })
+  await waitFor(() => c.packets.find(p => p.cmd === 'pubcomp'), 'PUBCOMP')
+  await waitFor(() => rx.events.length === 1, 'one event')
+  await sleep(200)
+  assert.equal(rx.events.length, 1)
+})
+
+test('an oversized packet closes the connection before it is buffered', async (t) => {
+  const { port, gw } = await setup(t, { mqtt: { host: '127.0.0.1', port: 0, maxPacketSize: '4KiB' } })
+  const c = await rawClient(t, port, 'big', 'sensor-1', TOKENS['sensor-1'])
+  // Announce a 200 MiB PUBLISH and start streaming it: the gateway must drop us at the header.
+  const header = Buffer.from([0x32, 0x80, 0x80, 0x80, 0x64])
+  const closed = new Promise<void>((resolve) => c.socket.once('close', () => resolve()))
+  const rssBefore = process.memoryUsage().rss
+  c.socket.write(header)
+  const chunk = Buffer.alloc(64 * 1024, 0x41)
+  for (let i = 0; i < 64 && !c.socket.destroyed; i++) {
+    if (!c.socket.write(chunk)) await Promise.race([new Promise((resolve) => c.socket.once('drain', resolve)), closed])
+  }
+  await closed
+  assert.ok(process.memoryUsage().rss - rssBefore < 64 * 1024 * 1024, 'memory stayed bounded')
+  assert.equal((await gw.store.stats()).events, 0)
+})
+
+test('protocol violations aedes does not check are caught', () => {
+  const base = { cmd: 'publish' as const, topic: 'devices/d/x', payload: Buffer.alloc(0), retain: false }
+  assert.match(protocolViolation({ ...base, qos: 0, dup: true } as never)!, /MQTT-3.3.1-2/)
+  assert.match(protocolViolation({ ...base, qos: 1, dup: false, messageId: 0 } as never)!, /MQTT-2.3.1-1/)
+  assert.match(protocolViolation({ ...base, topic: 'a\u0000b', qos: 0, dup: false } as never)!, /MQTT-1.5.3-2/)
+  assert.equal(protocolViolation({ ...base, qos: 1, dup: false, messageId: 3 } as never), null)
+})
+
+test('a payload that is not JSON is kept as data_base64, and MQTT 5 refuses one that does not parse as its declared type', async (t) => {
+  const { port, rx, gw } = await setup(t)
+  const client = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await client.publishAsync('devices/sensor-1/raw', Buffer.from([0xff, 0x00, 0x01]), { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the raw event')
+  assert.equal(rx.events[0]!.data_base64, Buffer.from([0xff, 0x00, 0x01]).toString('base64'))
+  const v5 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
+  await assert.rejects(v5.publishAsync('devices/sensor-1/bad', '{not json', { qos: 1, properties: { contentType: 'application/json' } }))
+  await sleep(100)
+  assert.equal(rx.events.length, 1, 'MQTT 5 refuses a payload that does not parse as its declared type')
+  void gw
+})

@@ -1,0 +1,264 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import protobuf from 'protobufjs'
+import {
+  decodeEvent, encodeEvent, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence,
+  type EventData, type GridEvent,
+} from '../../gateway/event.js'
+import { embedProto, protoPath, protoSource } from '../../gateway/proto/index.js'
+
+const STORE = '5f0c7a4e-8a3b-4c1e-9d2f-1b2c3d4e5f60'
+
+function event (data?: EventData, datacontenttype?: string): GridEvent {
+  const ev: GridEvent = {
+    id: '0190b4b6-8f2a-7c3d-9e4f-5a6b7c8d9e0f',
+    source: '/gateways/gw1/devices/sensor-1',
+    type: 'gridgate.telemetry',
+    subject: 'devices/sensor-1/temp',
+    time: '2024-05-01T12:00:00.123Z',
+    extensions: {
+      deviceid: 'sensor-1',
+      protocol: 'mqtt',
+      gatewayid: 'gw1',
+      traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    },
+  }
+  if (data !== undefined) ev.data = data
+  if (datacontenttype !== undefined) ev.datacontenttype = datacontenttype
+  return ev
+}
+
+// A second, independent reading of the repository's .proto, to build and inspect raw messages.
+function rawSchema (): { event: protobuf.Type, batch: protobuf.Type } {
+  const root = protobuf.loadSync(protoPath('cloudevents.proto'), new protobuf.Root())
+  return { event: root.lookupType('io.cloudevents.v1.CloudEvent'), batch: root.lookupType('io.cloudevents.v1.CloudEventBatch') }
+}
+
+test('the proto is the CloudEvents format with the specification field numbers', () => {
+  const { event: ce, batch } = rawSchema()
+  const fields = Object.fromEntries(Object.values(ce.fields).map(f => [f.name, f.id]))
+  assert.deepEqual(fields, { id: 1, source: 2, specVersion: 3, type: 4, attributes: 5, binaryData: 6, textData: 7, protoData: 8 })
+  assert.deepEqual(ce.oneofs['data']?.fieldsArray.map(f => f.name), ['binaryData', 'textData', 'protoData'])
+  const attr = ce.lookupType('CloudEventAttributeValue')
+  assert.equal(attr.fullName, '.io.cloudevents.v1.CloudEvent.CloudEventAttributeValue')
+  const attrFields = Object.fromEntries(Object.values(attr.fields).map(f => [f.name, [f.id, f.type]]))
+  assert.deepEqual(attrFields, {
+    ceBoolean: [1, 'bool'],
+    ceInteger: [2, 'int32'],
+    ceString: [3, 'string'],
+    ceBytes: [4, 'bytes'],
+    ceUri: [5, 'string'],
+    ceUriRef: [6, 'string'],
+    ceTimestamp: [7, 'google.protobuf.Timestamp'],
+  })
+  assert.equal(batch.fields['events']?.id, 1)
+  assert.equal(batch.fields['events']?.repeated, true)
+})
+
+test('an embedded proto text is used instead of the file', (t) => {
+  const original = protoSource('cloudevents.proto')
+  embedProto('cloudevents.proto', '// embedded\n' + original)
+  t.after(() => embedProto('cloudevents.proto', original))
+  assert.ok(protoSource('cloudevents.proto').startsWith('// embedded'))
+  assert.throws(() => protoPath('../package.json'), TypeError)
+})
+
+test('every data kind survives a protobuf round trip', () => {
+  const cases: GridEvent[] = [
+    event({ kind: 'json', text: '{"temp":21.5,"tags":["a","b"]}' }, 'application/json'),
+    event({ kind: 'json', text: '42' }, 'application/json'),
+    event({ kind: 'text', text: 'hello, wörld ✓ \u{1F600}' }, 'text/plain'),
+    event({ kind: 'text', text: '' }, 'text/plain'),
+    event({ kind: 'binary', bytes: new Uint8Array([0, 1, 2, 254, 255]) }, 'application/octet-stream'),
+    event({ kind: 'binary', bytes: new Uint8Array(0) }, 'application/octet-stream'),
+    event(),
+  ]
+  for (const ev of cases) {
+    const back = decodeEvent(encodeEvent(ev))
+    if (ev.data?.kind === 'binary') {
+      assert.equal(back.data?.kind, 'binary')
+      assert.deepEqual(Uint8Array.from((back.data as { bytes: Uint8Array }).bytes), ev.data.bytes)
+      back.data = ev.data
+    }
+    assert.deepEqual(back, ev)
+  }
+})
+
+test('the stored message uses spec_version 1.0, a ce_timestamp time and ce_string attributes', () => {
+  const { event: ce } = rawSchema()
+  const ev = event({ kind: 'json', text: '{"a":1}' }, 'application/json')
+  ev.extensions['sourcecontenttype'] = 'text/plain'
+  const message = ce.decode(encodeEvent(ev))
+  assert.equal((message as unknown as { data: string }).data, 'textData')
+  const raw = ce.toObject(message, { longs: Number }) as {
+    specVersion: string, textData: string, attributes: Record<string, Record<string, unknown>>
+  }
+  assert.equal(raw.specVersion, '1.0')
+  assert.equal(raw.textData, '{"a":1}')
+  assert.deepEqual(raw.attributes['time'], { ceTimestamp: { seconds: 1714564800, nanos: 123_000_000 } })
+  assert.deepEqual(raw.attributes['subject'], { ceString: 'devices/sensor-1/temp' })
+  assert.deepEqual(raw.attributes['datacontenttype'], { ceString: 'application/json' })
+  assert.deepEqual(raw.attributes['sourcecontenttype'], { ceString: 'text/plain' })
+  assert.deepEqual(raw.attributes['deviceid'], { ceString: 'sensor-1' })
+})
+
+test('every attribute kind of a foreign event decodes to a string extension', () => {
+  const { event: ce } = rawSchema()
+  const bytes = ce.encode(ce.fromObject({
+    id: 'e1',
+    source: 'urn:x',
+    specVersion: '1.0',
+    type: 't',
+    attributes: {
+      time: { ceTimestamp: { seconds: 1714564800, nanos: 5_000_000 } },
+      subject: { ceString: 's' },
+      flag: { ceBoolean: true },
+      off: { ceBoolean: false },
+      count: { ceInteger: -7 },
+      zero: { ceInteger: 0 },
+      blob: { ceBytes: Buffer.from([1, 2, 3]) },
+      dataschema: { ceUri: 'https://example.com/schema' },
+      ref: { ceUriRef: '/relative' },
+      seen: { ceTimestamp: { seconds: 0, nanos: 0 } },
+      empty: { ceString: '' },
+    },
+    binaryData: Buffer.from('xyz'),
+  })).finish()
+  const ev = decodeEvent(bytes)
+  assert.equal(ev.time, '2024-05-01T12:00:00.005Z')
+  assert.equal(ev.subject, 's')
+  assert.deepEqual(ev.extensions, {
+    flag: 'true',
+    off: 'false',
+    count: '-7',
+    zero: '0',
+    blob: 'AQID',
+    dataschema: 'https://example.com/schema',
+    ref: '/relative',
+    seen: '1970-01-01T00:00:00.000Z',
+    empty: '',
+  })
+  assert.equal(ev.data?.kind, 'binary')
+})
+
+test('proto_data of a foreign event is kept as its packed bytes', () => {
+  const { event: ce } = rawSchema()
+  const bytes = ce.encode(ce.fromObject({
+    id: 'e1', source: 'urn:x', specVersion: '1.0', type: 't',
+    protoData: { type_url: 'type.googleapis.com/x.Y', value: Buffer.from([8, 1]) },
+  })).finish()
+  const ev = decodeEvent(bytes)
+  assert.deepEqual(ev.data?.kind === 'binary' ? [...ev.data.bytes] : undefined, [8, 1])
+  assert.equal(ev.datacontenttype, 'application/protobuf')
+  assert.equal(ev.extensions['dataschema'], 'type.googleapis.com/x.Y')
+})
+
+test('encodeEvent refuses invalid extension names, a bad time and missing required attributes', () => {
+  for (const name of ['DeviceId', 'device_id', 'data', 'id', 'specversion', '']) {
+    const ev = event()
+    ev.extensions[name] = 'x'
+    assert.throws(() => encodeEvent(ev), TypeError, name)
+  }
+  assert.throws(() => encodeEvent({ ...event(), time: 'yesterday' }), TypeError)
+  assert.throws(() => encodeEvent({ ...event(), id: '' }), TypeError)
+})
+
+test('decodeEvent refuses bytes that are not a CloudEvent', () => {
+  assert.throws(() => decodeEvent(new Uint8Array([0x0a, 0xff, 0xff, 0xff])), TypeError)
+})
+
+test('formatSequence pads to 20 digits and refuses what a sequence cannot be', () => {
+  assert.equal(formatSequence(0), '00000000000000000000')
+  assert.equal(formatSequence(42), '00000000000000000042')
+  assert.equal(formatSequence(Number.MAX_SAFE_INTEGER), '00009007199254740991')
+  assert.ok(formatSequence(9) < formatSequence(10), 'orders lexicographically')
+  for (const bad of [-1, 1.5, Number.NaN, Number.MAX_SAFE_INTEGER + 1]) assert.throws(() => formatSequence(bad), RangeError)
+})
+
+test('renderJson gives one structured CloudEvent with every attribute', () => {
+  const ev = event({ kind: 'json', text: '{"temp":21.5,"ok":true}' }, 'application/json')
+  ev.extensions['sourcecontenttype'] = 'text/plain'
+  ev.extensions['normalizeerror'] = 'GG_ERR_PAYLOAD_INVALID'
+  const text = renderJson(ev, STORE, 42)
+  assert.deepEqual(JSON.parse(text), {
+    specversion: '1.0',
+    id: ev.id,
+    source: ev.source,
+    type: ev.type,
+    subject: ev.subject,
+    time: ev.time,
+    datacontenttype: 'application/json',
+    deviceid: 'sensor-1',
+    protocol: 'mqtt',
+    gatewayid: 'gw1',
+    traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    sourcecontenttype: 'text/plain',
+    normalizeerror: 'GG_ERR_PAYLOAD_INVALID',
+    storeid: STORE,
+    sequence: '00000000000000000042',
+    data: { temp: 21.5, ok: true },
+  })
+  assert.ok(text.includes('"data":{"temp":21.5,"ok":true}'), 'JSON data is inlined as stored')
+})
+
+test('renderJson renders text as a JSON string and binary as data_base64', () => {
+  const text = JSON.parse(renderJson(event({ kind: 'text', text: 'a "quoted"\nline\u2028' }, 'text/plain'), STORE, 1)) as Record<string, unknown>
+  assert.equal(text['data'], 'a "quoted"\nline\u2028')
+  assert.equal(text['data_base64'], undefined)
+  const bytes = new Uint8Array([0, 255, 10, 13])
+  const bin = JSON.parse(renderJson(event({ kind: 'binary', bytes: bytes.subarray(1, 3) }, 'application/octet-stream'), STORE, 2)) as Record<string, unknown>
+  assert.equal(bin['data_base64'], Buffer.from([255, 10]).toString('base64'))
+  assert.equal(bin['data'], undefined)
+  const none = JSON.parse(renderJson(event(), STORE, 3)) as Record<string, unknown>
+  assert.ok(!('data' in none) && !('data_base64' in none) && !('datacontenttype' in none))
+})
+
+test('renderJson escapes every string and ignores extensions that would clash', () => {
+  const ev = event({ kind: 'text', text: '' })
+  ev.subject = 'devices/"x"/\\/\u0000'
+  ev.extensions['storeid'] = 'stale'
+  ev.extensions['sequence'] = '1'
+  ev.extensions['data'] = 'nope'
+  ev.extensions['Odd Name"'] = 'v'
+  const parsed = JSON.parse(renderJson(ev, STORE, 7)) as Record<string, unknown>
+  assert.equal(parsed['subject'], 'devices/"x"/\\/\u0000')
+  assert.equal(parsed['storeid'], STORE)
+  assert.equal(parsed['sequence'], '00000000000000000007')
+  assert.equal(parsed['data'], '')
+  assert.equal(parsed['Odd Name"'], 'v')
+})
+
+test('renderJsonBatch renders stored events in order as one JSON array', () => {
+  const bodies = [
+    encodeEvent(event({ kind: 'json', text: '[1,2]' }, 'application/json')),
+    encodeEvent(event({ kind: 'text', text: 't' }, 'text/plain')),
+    encodeEvent(event({ kind: 'binary', bytes: new Uint8Array([1]) }, 'application/octet-stream')),
+  ]
+  const batch = JSON.parse(renderJsonBatch(bodies.map((body, i) => ({ seq: 10 + i, body })), STORE)) as Array<Record<string, unknown>>
+  assert.deepEqual(batch.map(e => e['sequence']), ['00000000000000000010', '00000000000000000011', '00000000000000000012'])
+  assert.deepEqual(batch.map(e => e['data'] ?? e['data_base64']), [[1, 2], 't', 'AQ=='])
+  assert.ok(batch.every(e => e['storeid'] === STORE))
+  assert.equal(renderJsonBatch([], STORE), '[]')
+})
+
+test('toProtoWithSequence adds storeid and sequence and keeps everything else', () => {
+  const ev = event({ kind: 'json', text: '{"a":1}' }, 'application/json')
+  const back = decodeEvent(toProtoWithSequence(encodeEvent(ev), STORE, 99))
+  assert.equal(back.extensions['storeid'], STORE)
+  assert.equal(back.extensions['sequence'], '00000000000000000099')
+  delete back.extensions['storeid']
+  delete back.extensions['sequence']
+  assert.deepEqual(back, ev)
+})
+
+test('encodeProtoBatch is a CloudEventBatch of the events with their sequences', () => {
+  const { batch } = rawSchema()
+  const bodies = [encodeEvent(event({ kind: 'text', text: 'a' })), encodeEvent(event({ kind: 'text', text: 'b' }))]
+  const raw = batch.toObject(batch.decode(encodeProtoBatch(bodies.map((body, i) => ({ seq: i + 1, body })), STORE))) as {
+    events: Array<{ textData: string, attributes: Record<string, { ceString?: string }> }>
+  }
+  assert.deepEqual(raw.events.map(e => [e.textData, e.attributes['sequence']?.ceString, e.attributes['storeid']?.ceString]), [
+    ['a', '00000000000000000001', STORE],
+    ['b', '00000000000000000002', STORE],
+  ])
+})
