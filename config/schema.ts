@@ -141,7 +141,8 @@ const deviceSchema = z.strictObject({
   // Defaults that depend on the id cannot be field defaults.
   .transform(({ publish, subscribe, ...d }) => ({
     ...d,
-    publish: publish ?? [`devices/${d.id}/#`],
+    // DESIGN.md: a device publishes in devices/<id>/# except its own command topics.
+    publish: publish ?? [`devices/${d.id}/#`, `!devices/${d.id}/commands/#`],
     subscribe: subscribe ?? [`devices/${d.id}/commands/#`],
   }))
 

@@ -3,6 +3,7 @@
 import net from 'node:net'
 import fs from 'node:fs'
 import path from 'node:path'
+import { createHash } from 'node:crypto'
 import { GridgateError } from './errors.js'
 
 export const LOCK_SOCKET = 'gridgate.sock'
@@ -27,8 +28,21 @@ function answers (file: string): Promise<boolean> {
   })
 }
 
-export async function lockDataDir (dataDir: string): Promise<DataDirLock> {
+/** sun_path holds 108 bytes; Node silently truncates longer paths, which would lock the wrong name. */
+const MAX_SOCKET_PATH = 100
+
+/**
+ * The socket in the data dir, or — when that path is too long for a Unix socket — a Linux abstract
+ * socket named after the data dir's real path (no file; also freed when the process dies).
+ */
+export function lockSocketPath (dataDir: string): string {
   const file = path.join(dataDir, LOCK_SOCKET)
+  if (Buffer.byteLength(file) <= MAX_SOCKET_PATH) return file
+  return `\0gridgate-${createHash('sha256').update(fs.realpathSync(dataDir)).digest('hex').slice(0, 32)}`
+}
+
+export async function lockDataDir (dataDir: string): Promise<DataDirLock> {
+  const file = lockSocketPath(dataDir)
   for (let attempt = 0; attempt < 2; attempt++) {
     const server = net.createServer((socket) => socket.end())
     const err = await tryListen(server, file)
@@ -46,7 +60,7 @@ export async function lockDataDir (dataDir: string): Promise<DataDirLock> {
       throw new GridgateError('GG_ERR_STORE_LOCKED', `another gridgate process is running on ${dataDir} (it answers on ${file})`)
     }
     // Left over from a process that died: nobody listens on it any more.
-    fs.rmSync(file, { force: true })
+    if (!file.startsWith('\0')) fs.rmSync(file, { force: true })
   }
   throw new GridgateError('GG_ERR_STORE_LOCKED', `could not take the lock ${file}`)
 }

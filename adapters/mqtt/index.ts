@@ -170,10 +170,12 @@ export class MqttAdapter implements DeviceAdapter {
 
   async stop (): Promise<void> {
     if (this.server === undefined) return
-    await new Promise<void>((resolve) => this.server.close(() => resolve()))
+    // Stop accepting; the close callback fires only once every open connection is gone.
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     // Publishes whose commit is under way finish and are acknowledged before connections close.
     await Promise.allSettled([...this.inflight])
     await new Promise<void>((resolve) => this.broker.close(() => resolve()))
+    await closed
   }
 }
 

@@ -94,11 +94,23 @@ test('a second device using the first device\'s client id leaves the first conne
   assert.equal(brokerClientId('sensor-1', 'sensor-1:x'), 'sensor-1:x')
   // The first device's subscription still works: a controller command reaches it.
   const got = new Promise<string>((resolve) => first.on('message', (topic, payload) => resolve(`${topic} ${payload.toString()}`)))
-  const ctl = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], clientId: 'ctl' })
+  const ctl = await connect(t, port, { username: 'controller', password: TOKENS.controller })
   await ctl.publishAsync('devices/sensor-1/commands/reboot', 'now', { qos: 1 })
   assert.equal(await got, 'devices/sensor-1/commands/reboot now')
   await sleep(100)
   assert.equal(rx.events.length, 2, 'command topics are delivered locally, not stored as events')
+})
+
+test('a device may not publish to its own command topics by default; telemetry reaches local subscribers', async (t) => {
+  const { port, rx } = await setup(t)
+  const ctl = await connect(t, port, { username: 'controller', password: TOKENS.controller })
+  const seen = new Promise<string>((resolve) => ctl.on('message', (topic, payload) => resolve(`${topic} ${payload.toString()}`)))
+  await ctl.subscribeAsync('devices/sensor-1/#', { qos: 1 })
+  const device = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
+  await assert.rejects(device.publishAsync('devices/sensor-1/commands/self', 'x', { qos: 1 }), (err: Error & { code?: number }) => err.code === 0x87)
+  await device.publishAsync('devices/sensor-1/temp', '{"c":1}', { qos: 1 })
+  assert.equal(await seen, 'devices/sensor-1/temp {"c":1}')
+  await waitFor(() => rx.events.length === 1, 'the telemetry event stored and forwarded too')
 })
 
 test('a subscription outside the device\'s patterns is refused in SUBACK', async (t) => {

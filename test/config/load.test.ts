@@ -89,7 +89,7 @@ ${CLOUD}`)
   assert.deepEqual(config.devices[0], {
     id: 'sensor-1',
     token: 'sensor-1-secret-token',
-    publish: ['devices/sensor-1/#'],
+    publish: ['devices/sensor-1/#', '!devices/sensor-1/commands/#'],
     subscribe: ['devices/sensor-1/commands/#'],
     enabled: true,
   })

@@ -10,7 +10,7 @@ import { loadConfig } from '../../config/load.js'
 import { Gateway } from '../../gateway/gateway.js'
 import { cliPath } from './util.js'
 
-export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret' } as const
+export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret', controller: 'controller-secret' } as const
 
 /** A config with two devices, MQTT and admin on port 0, and the given uplink URLs. */
 export function baseConfig (dataDir: string, uplinks: Record<string, string>, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -18,7 +18,11 @@ export function baseConfig (dataDir: string, uplinks: Record<string, string>, ex
     gateway: { id: 'gw-test', dataDir, logLevel: 'warn', shutdownTimeout: '10s' },
     mqtt: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
-    devices: Object.entries(TOKENS).map(([id, token]) => ({ id, token })),
+    devices: [
+      ...(['sensor-1', 'sensor-2'] as const).map(id => ({ id, token: TOKENS[id] })),
+      // An application that sends commands to every device and listens to all telemetry.
+      { id: 'controller', token: TOKENS.controller, publish: ['devices/+/commands/#'], subscribe: ['devices/#'] },
+    ],
     uplinks: Object.entries(uplinks).map(([name, url]) => ({
       name, type: 'http', url, batchMaxDelay: '5ms', timeout: '2s', retry: { initialDelay: '10ms', maxDelay: '200ms' },
     })),
@@ -54,7 +58,8 @@ export interface GatewayProcess {
 /** Spawns `gridgate --config file` and resolves once it logged "gridgate ready". */
 export function spawnGateway (t: TestContext | null, configFile: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
   const child = spawn(process.execPath, [cliPath, '--config', configFile], {
-    env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', GRIDGATE_TEST_FAULTS: '1', ...env },
+    // The ready line is logged at info: make sure the level lets it through.
+    env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', GRIDGATE_TEST_FAULTS: '1', GRIDGATE_GATEWAY_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const logs: Array<Record<string, unknown>> = []

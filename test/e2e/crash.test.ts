@@ -1,0 +1,147 @@
+// The gateway as a child process, killed with SIGKILL or stopped with SIGTERM under QoS1 load:
+// every PUBACKed message must reach the cloud receiver (duplicates allowed, gaps not).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import mqtt from 'mqtt'
+import { tempDir, waitFor } from '../helpers/util.js'
+import { startReceiver, type Receiver } from '../helpers/receiver.js'
+import { baseConfig, spawnGateway, writeConfig, TOKENS, type GatewayProcess } from '../helpers/gateway.js'
+
+/** Publishes counters at QoS1 with a window in flight; records which ones were PUBACKed. */
+class CounterPublisher {
+  next = 0
+  readonly acked = new Set<number>()
+  private client: mqtt.MqttClient | null = null
+  private running = false
+
+  start (port: number, window = 64): void {
+    this.running = true
+    const client = mqtt.connect({ host: '127.0.0.1', port, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0, clientId: `crash-${this.next}` })
+    this.client = client
+    client.on('error', () => {})
+    client.on('connect', () => {
+      for (let i = 0; i < window; i++) this.publishOne(client)
+    })
+  }
+
+  private publishOne (client: mqtt.MqttClient): void {
+    if (!this.running || !client.connected) return
+    const n = this.next++
+    client.publish('devices/sensor-1/counter', JSON.stringify({ n }), { qos: 1 }, (err) => {
+      if (err !== undefined && err !== null) return
+      this.acked.add(n)
+      this.publishOne(client)
+    })
+  }
+
+  stop (): void {
+    this.running = false
+    this.client?.end(true)
+  }
+}
+
+function receivedCounters (rx: Receiver): Set<number> {
+  return new Set(rx.events.map(e => (e.data as { n: number }).n))
+}
+
+function assertDelivered (rx: Receiver, acked: Set<number>): void {
+  const got = receivedCounters(rx)
+  const missing = [...acked].filter(n => !got.has(n))
+  assert.deepEqual(missing.slice(0, 20), [], `${missing.length} acknowledged counters never reached the cloud`)
+  // Per storeid, sequences of first arrivals strictly increase (order kept across restarts).
+  const seen = new Set<string>()
+  let last = 0
+  for (const e of rx.events) {
+    if (seen.has(e.id)) continue
+    seen.add(e.id)
+    const seq = Number(e.sequence)
+    assert.ok(seq > last, `sequence ${seq} after ${last}`)
+    last = seq
+  }
+}
+
+test('every PUBACKed message survives repeated kill -9 of the gateway', async (t) => {
+  const rx = await startReceiver(t)
+  const dir = tempDir(t)
+  const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
+  const pub = new CounterPublisher()
+  const rounds = 5
+  let publishMs = 0
+  for (let round = 0; round < rounds; round++) {
+    const gw = await spawnGateway(t, file)
+    const started = Date.now()
+    pub.start(gw.mqttPort)
+    await sleep(300 + Math.floor(Math.random() * 700))
+    gw.child.kill('SIGKILL')
+    publishMs += Date.now() - started
+    await gw.exited
+    pub.stop()
+  }
+  assert.ok(pub.acked.size > 100, `only ${pub.acked.size} messages were acknowledged`)
+  const gw = await spawnGateway(t, file)
+  await waitFor(() => { const got = receivedCounters(rx); return [...pub.acked].every(n => got.has(n)) }, 'every acked counter at the receiver', 60_000)
+  assertDelivered(rx, pub.acked)
+  t.diagnostic(`${rounds} kill -9 rounds: ${pub.acked.size} acked of ${pub.next} sent, ${Math.round(pub.acked.size / (publishMs / 1000))} acked msg/s while running, ${rx.events.length - receivedCounters(rx).size} duplicates at the receiver`)
+  gw.child.kill('SIGKILL')
+})
+
+test('SIGTERM under load drains, exits 0, and every acknowledged event is delivered after restart', async (t) => {
+  const rx = await startReceiver(t)
+  // The cloud is down during the first run, so the backlog must survive the restart.
+  rx.respond = () => ({ status: 503 })
+  const dir = tempDir(t)
+  const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
+  const gw = await spawnGateway(t, file)
+  const pub = new CounterPublisher()
+  pub.start(gw.mqttPort)
+  await sleep(1000)
+  gw.child.kill('SIGTERM')
+  const exit = await gw.exited
+  pub.stop()
+  assert.deepEqual(exit, { code: 0, signal: null })
+  assert.ok(gw.logs.some(l => l.msg === 'gridgate stopped'), 'the gateway logged a clean stop')
+  assert.ok(pub.acked.size > 0)
+  rx.respond = () => ({ status: 200 })
+  const gw2 = await spawnGateway(t, file)
+  assert.ok(!gw2.logs.some(l => String(l.msg).includes('did not stop cleanly')), 'the stop was clean')
+  await waitFor(() => { const got = receivedCounters(rx); return [...pub.acked].every(n => got.has(n)) }, 'every acked counter at the receiver', 60_000)
+  assertDelivered(rx, pub.acked)
+  gw2.child.kill('SIGTERM')
+  assert.equal((await gw2.exited).code, 0)
+})
+
+async function faults (gw: GatewayProcess, body: Record<string, number>): Promise<{ holding: number }> {
+  const res = await gw.admin('/api/v1/test/faults', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  assert.equal(res.status, 200)
+  return await res.json() as { holding: number }
+}
+
+test('a commit held before COMMIT sends no PUBACK, and a kill during the hold leaves no trace of the event', async (t) => {
+  const rx = await startReceiver(t)
+  const dir = tempDir(t)
+  const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
+  const gw = await spawnGateway(t, file)
+  const client = mqtt.connect({ host: '127.0.0.1', port: gw.mqttPort, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0 })
+  client.on('error', () => {})
+  t.after(() => { client.end(true) })
+  await client.publishAsync('devices/sensor-1/x', '{"n":"before"}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the first event delivered')
+  await faults(gw, { holdBeforeCommit: 1 })
+  let acked = false
+  client.publish('devices/sensor-1/x', '{"n":"held"}', { qos: 1 }, (err) => { if (err == null) acked = true })
+  await waitFor(async () => (await faults(gw, {})).holding === 1, 'the writer is holding the commit')
+  await sleep(300)
+  assert.equal(acked, false, 'no PUBACK while the commit is held')
+  gw.child.kill('SIGKILL')
+  await gw.exited
+  assert.equal(acked, false)
+  const gw2 = await spawnGateway(t, file)
+  const store = await (await gw2.admin('/api/v1/store')).json() as { events: number, lastSequence: number }
+  assert.equal(store.events, 0, 'the held event is absent after restart')
+  assert.equal(store.lastSequence, Number(rx.events[0]!.sequence))
+  await sleep(200)
+  assert.deepEqual(rx.events.map(e => (e.data as { n: string }).n), ['before'])
+  gw2.child.kill('SIGKILL')
+})

@@ -1,0 +1,49 @@
+// Commit failure and writer death through the whole gateway (fault hooks, in-process).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { tempDir, waitFor } from '../helpers/util.js'
+import { startReceiver } from '../helpers/receiver.js'
+import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
+import { connect } from '../helpers/mqtt.js'
+
+test('a failed commit sends no PUBACK, closes the MQTT 3.1.1 connection, stores nothing, and the next publish works', async (t) => {
+  const rx = await startReceiver(t)
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const port = gw.mqttAddress!.port
+  const c1 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  gw.store.fault('failCommits', 1)
+  let acked = false
+  const closed = new Promise<void>((resolve) => c1.once('close', () => resolve()))
+  c1.publish('devices/sensor-1/x', '{"n":"failed"}', { qos: 1 }, (err) => { if (err == null) acked = true })
+  await closed
+  assert.equal(acked, false)
+  const c2 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await c2.publishAsync('devices/sensor-1/x', '{"n":"ok"}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the second event delivered')
+  await sleep(200)
+  assert.deepEqual(rx.events.map(e => e.data), [{ n: 'ok' }])
+  const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
+  assert.match(metrics, /gridgate_ingress_total\{protocol="mqtt",outcome="failed"\} 1/)
+})
+
+test('when the writer dies, the in-flight publish is not acknowledged, /readyz turns 503 and service resumes', async (t) => {
+  const rx = await startReceiver(t)
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const port = gw.mqttAddress!.port
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`
+  assert.equal((await fetch(`${admin}/readyz`)).status, 200)
+  const readiness: number[] = []
+  gw.store.on('ready', (r) => readiness.push(r ? 200 : 503))
+  const c1 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
+  gw.store.fault('killWriter', 1)
+  // MQTT 5: the hook error comes back as a PUBACK with an error reason code, never as success.
+  await assert.rejects(c1.publishAsync('devices/sensor-1/x', '{"n":"lost"}', { qos: 1 }))
+  assert.equal(readiness[0], 503, '/readyz turned 503 while the writer was down')
+  await waitFor(async () => (await fetch(`${admin}/readyz`)).status === 200, '/readyz back to 200')
+  await c1.publishAsync('devices/sensor-1/x', '{"n":"ok"}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the next event delivered')
+  await sleep(200)
+  assert.deepEqual(rx.events.map(e => e.data), [{ n: 'ok' }])
+})
