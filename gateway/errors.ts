@@ -17,16 +17,16 @@ export const ErrorCodes = {
   GG_ERR_AUTH_FAILED: 'Unknown device, disabled device or wrong secret.',
   GG_ERR_AUTH_REQUIRED: 'No credential was given and anonymous access is off.',
   GG_ERR_FORBIDDEN_TOPIC: 'The device may not publish or subscribe to this topic.',
-  GG_ERR_CLIENT_ID: 'The MQTT client identifier was refused.',
   GG_ERR_PAYLOAD_INVALID: 'The payload does not parse as its declared content type.',
-  GG_ERR_PAYLOAD_TOO_LARGE: 'The packet or payload is larger than the configured limit.',
   GG_ERR_UPLINK_REJECTED: 'The uplink refused the gateway itself (401/403/404...): check its URL and credentials. Events are kept.',
   GG_ERR_UPLINK_UNREACHABLE: 'The uplink could not be reached or failed; delivery is retried with backoff.',
   GG_ERR_UPLINK_POISON: 'The uplink rejected one event; it was moved to the dead letters.',
   GG_ERR_CLOCK_UNSYNCED: 'The wall clock is behind the persisted clock floor; time stamps use the floor until it catches up.',
   GG_ERR_SHUTDOWN_TIMEOUT: 'Shutdown did not finish within gateway.shutdownTimeout.',
   GG_ERR_FAULTS_FORBIDDEN: 'Test fault hooks were requested outside a test run (NODE_ENV is not "test").',
-  GG_ERR_USAGE: 'The command line was not understood.',
+  GG_ERR_USAGE: 'The command line or an admin API request was not understood.',
+  GG_ERR_NOT_FOUND: 'No such admin API route.',
+  GG_ERR_INTERNAL: 'An unexpected error; the log has the details.',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

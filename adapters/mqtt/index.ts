@@ -37,7 +37,7 @@ interface Session { device: DeviceRecord }
 
 type AuthError = Error & { returnCode: number }
 
-function authError (returnCode: 2 | 4 | 5, code: 'GG_ERR_AUTH_FAILED' | 'GG_ERR_AUTH_REQUIRED' | 'GG_ERR_CLIENT_ID' | 'GG_ERR_FORBIDDEN_TOPIC'): AuthError {
+function authError (returnCode: 4 | 5, code: 'GG_ERR_AUTH_FAILED' | 'GG_ERR_AUTH_REQUIRED' | 'GG_ERR_FORBIDDEN_TOPIC'): AuthError {
   return Object.assign(new GridgateError(code), { returnCode })
 }
 
@@ -51,6 +51,7 @@ export class MqttAdapter implements DeviceAdapter {
   private server!: net.Server
   private readonly sessions = new WeakMap<Client, Session>()
   private readonly inflight = new Set<Promise<unknown>>()
+  private readonly sockets = new Set<net.Socket>()
   private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
   private readonly anonymous: DeviceRecord = {
     id: ANONYMOUS_DEVICE,
@@ -81,6 +82,8 @@ export class MqttAdapter implements DeviceAdapter {
     this.broker.on('connectionError', (client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
     this.server = net.createServer({ noDelay: true }, (socket) => {
       socket.on('error', () => {})
+      this.sockets.add(socket)
+      socket.once('close', () => this.sockets.delete(socket))
       this.broker.handle(socket)
     })
     await listen(this.server, this.o.port, this.o.host)
@@ -175,6 +178,8 @@ export class MqttAdapter implements DeviceAdapter {
     // Publishes whose commit is under way finish and are acknowledged before connections close.
     await Promise.allSettled([...this.inflight])
     await new Promise<void>((resolve) => this.broker.close(() => resolve()))
+    // The broker closes the clients it registered; a connection still authenticating is not one.
+    for (const socket of this.sockets) socket.destroy()
     await closed
   }
 }

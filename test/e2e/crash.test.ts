@@ -100,7 +100,7 @@ test('SIGTERM under load drains, exits 0, and every acknowledged event is delive
   gw.child.kill('SIGTERM')
   const exit = await gw.exited
   pub.stop()
-  assert.deepEqual(exit, { code: 0, signal: null })
+  assert.deepEqual(exit, { code: 0, signal: null }, `${gw.stderr.join('')}\n${JSON.stringify(gw.logs.filter(l => Number(l.level) >= 40))}`)
   assert.ok(gw.logs.some(l => l.msg === 'gridgate stopped'), 'the gateway logged a clean stop')
   assert.ok(pub.acked.size > 0)
   rx.respond = () => ({ status: 200 })
@@ -109,7 +109,7 @@ test('SIGTERM under load drains, exits 0, and every acknowledged event is delive
   await waitFor(() => { const got = receivedCounters(rx); return [...pub.acked].every(n => got.has(n)) }, 'every acked counter at the receiver', 60_000)
   assertDelivered(rx, pub.acked)
   gw2.child.kill('SIGTERM')
-  assert.equal((await gw2.exited).code, 0)
+  assert.equal((await gw2.exited).code, 0, `${gw2.stderr.join('')}\n${JSON.stringify(gw2.logs.filter(l => Number(l.level) >= 40))}`)
 })
 
 async function faults (gw: GatewayProcess, body: Record<string, number>): Promise<{ holding: number }> {
