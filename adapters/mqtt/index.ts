@@ -92,6 +92,10 @@ export class MqttAdapter implements DeviceAdapter {
   private async authenticate (client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
     const source = remoteAddress(client)
     let device: DeviceRecord | undefined
+    if (username === undefined && password !== undefined) {
+      // [MQTT-3.1.2-22] If the User Name Flag is 0, the Password Flag MUST be 0.
+      throw this.authFailed(source, undefined, authError(4, 'GG_ERR_AUTH_FAILED'))
+    }
     if (username === undefined || username === '') {
       if (!this.o.allowAnonymous) throw this.authFailed(source, undefined, authError(5, 'GG_ERR_AUTH_REQUIRED'))
       device = this.anonymous

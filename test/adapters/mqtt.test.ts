@@ -49,6 +49,19 @@ test('an unknown device and an anonymous client are refused at CONNACK', async (
   assert.match(metrics, /gridgate_auth_failures_total\{protocol="mqtt"\} 2/)
 })
 
+test('a password without a user name is refused [MQTT-3.1.2-22], even with anonymous access on', async (t) => {
+  const { port } = await setup(t, { auth: { allowAnonymous: true } })
+  const socket = net.connect(port, '127.0.0.1')
+  t.after(() => socket.destroy())
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  const parser = mqttPacket.parser({ protocolVersion: 4 })
+  const connack = new Promise<mqttPacket.IConnackPacket>((resolve) => parser.on('packet', (p: mqttPacket.Packet) => { if (p.cmd === 'connack') resolve(p) }))
+  socket.on('data', (b: Buffer) => parser.parse(b))
+  socket.write(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'x', keepalive: 30, password: Buffer.from('secret-only') } as mqttPacket.IConnectPacket))
+  assert.equal((await connack).returnCode, 4)
+})
+
 test('anonymous clients connect when auth.allowAnonymous is on, inside devices/anonymous/#', async (t) => {
   const { port, rx } = await setup(t, { auth: { allowAnonymous: true } })
   const client = await connect(t, port, {})
