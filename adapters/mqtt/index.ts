@@ -171,7 +171,9 @@ export class MqttAdapter implements DeviceAdapter {
     }, (err: unknown) => {
       this.inflight.delete(p)
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
-      done(err as Error)
+      // MQTT 3.1.1: the error closes the connection without an ack. MQTT 5: the reason code goes
+      // into PUBACK/PUBREC (patches/aedes+2.0.0-beta.1.patch).
+      done(Object.assign(err as Error, { reasonCode: reasonCodeFor(err) }))
     })
   }
 
@@ -185,6 +187,24 @@ export class MqttAdapter implements DeviceAdapter {
     // The broker closes the clients it registered; a connection still authenticating is not one.
     for (const socket of this.sockets) socket.destroy()
     await closed
+  }
+}
+
+/** MQTT 5 reason codes for a refused publish (MQTT 5.0 §3.4.2.1). */
+export const ReasonCode = {
+  UNSPECIFIED_ERROR: 0x80,
+  NOT_AUTHORIZED: 0x87,
+  QUOTA_EXCEEDED: 0x97,
+  PAYLOAD_FORMAT_INVALID: 0x99,
+} as const
+
+export function reasonCodeFor (err: unknown): number {
+  if (!isGridgateError(err)) return ReasonCode.UNSPECIFIED_ERROR
+  switch (err.code) {
+    case 'GG_ERR_FORBIDDEN_TOPIC': return ReasonCode.NOT_AUTHORIZED
+    case 'GG_ERR_PAYLOAD_INVALID': return ReasonCode.PAYLOAD_FORMAT_INVALID
+    case 'GG_ERR_STORE_FULL': return ReasonCode.QUOTA_EXCEEDED
+    default: return ReasonCode.UNSPECIFIED_ERROR
   }
 }
 

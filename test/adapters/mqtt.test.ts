@@ -5,7 +5,8 @@ import path from 'node:path'
 import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import mqttPacket from 'mqtt-packet'
-import { tempDir, waitFor } from '../helpers/util.js'
+import fs from 'node:fs'
+import { tempDir, waitFor, repoRoot } from '../helpers/util.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { connect, connectRefused } from '../helpers/mqtt.js'
@@ -211,8 +212,17 @@ test('a payload that is not JSON is kept as data_base64, and MQTT 5 refuses one 
   await waitFor(() => rx.events.length === 1, 'the raw event')
   assert.equal(rx.events[0]!.data_base64, Buffer.from([0xff, 0x00, 0x01]).toString('base64'))
   const v5 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
-  await assert.rejects(v5.publishAsync('devices/sensor-1/bad', '{not json', { qos: 1, properties: { contentType: 'application/json' } }))
+  await assert.rejects(v5.publishAsync('devices/sensor-1/bad', '{not json', { qos: 1, properties: { contentType: 'application/json' } }),
+    (err: Error & { code?: number }) => err.code === 0x99)
   await sleep(100)
   assert.equal(rx.events.length, 1, 'MQTT 5 refuses a payload that does not parse as its declared type')
   void gw
+})
+
+test('the aedes version is the one patches/ was written for, and the reason-code patch is applied', () => {
+  const dir = path.join(repoRoot, 'node_modules', 'aedes')
+  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
+  const patches = fs.readdirSync(path.join(repoRoot, 'patches')).filter(f => f.startsWith('aedes+'))
+  assert.deepEqual(patches, [`aedes+${version}.patch`], 'update or drop patches/aedes+*.patch when aedes changes')
+  assert.match(fs.readFileSync(path.join(dir, 'lib', 'handlers', 'publish.js'), 'utf8'), /gridgate patch/)
 })
