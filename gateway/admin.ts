@@ -12,6 +12,7 @@ export interface AdminDeps {
   metrics: Metrics
   /** True once every listener is up and until shutdown starts. */
   accepting: () => boolean
+  clockSynced: () => boolean
   faults: boolean
 }
 
@@ -51,6 +52,7 @@ export function createAdmin (deps: AdminDeps): FastifyInstance {
   })
   app.get('/metrics', async (_req, reply) => {
     deps.metrics.storeReady.set(deps.store.ready ? 1 : 0)
+    deps.metrics.clockSynced.set(deps.clockSynced() ? 1 : 0)
     const body = await deps.metrics.registry.metrics()
     return reply.type(deps.metrics.registry.contentType).send(body)
   })

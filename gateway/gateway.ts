@@ -125,7 +125,7 @@ export class Gateway {
     }
     this.metrics.setUplinkSource(() => uplinkReport(this.store, this.forwarders))
 
-    this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, faults: this.opts.faults === true })
+    this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, clockSynced: () => this.clock.synced(), faults: this.opts.faults === true })
     try {
       await this.admin.listen({ host: c.admin.host, port: c.admin.port })
     } catch (err) {

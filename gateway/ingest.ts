@@ -83,9 +83,11 @@ export class Ingest {
       return Promise.reject(err)
     }
     if (decoded.normalizeerror !== undefined) this.o.metrics.normalizeFailures.inc({ protocol: msg.protocol })
-    const event = this.stamp(msg, decoded)
+    // One reading of the clock for the event's time, its id's timestamp and its stored ingest time.
+    const nowMs = this.o.clock.now()
+    const event = this.stamp(msg, decoded, nowMs)
     const p = this.o.store.append({
-      ingestMs: this.o.clock.now(),
+      ingestMs: nowMs,
       routes: this.o.store.routesAll,
       body: encodeEvent(event),
       eventId: event.id,
@@ -110,7 +112,7 @@ export class Ingest {
     return p
   }
 
-  private stamp (msg: IngestMessage, decoded: DecodeResult): GridEvent {
+  private stamp (msg: IngestMessage, decoded: DecodeResult, nowMs: number): GridEvent {
     const extensions: Record<string, string> = {
       deviceid: msg.deviceId,
       protocol: msg.protocol,
@@ -120,11 +122,11 @@ export class Ingest {
     if (decoded.normalizeerror !== undefined) extensions.normalizeerror = decoded.normalizeerror
     if (msg.traceparent !== undefined) extensions.traceparent = msg.traceparent
     return {
-      id: this.o.ids.next(),
+      id: this.o.ids.next(nowMs),
       source: `/gateways/${this.o.gatewayId}/devices/${msg.deviceId}`,
       type: DEFAULT_EVENT_TYPE,
       subject: msg.topic,
-      time: new Date(this.o.clock.now()).toISOString(),
+      time: new Date(nowMs).toISOString(),
       datacontenttype: decoded.datacontenttype,
       data: decoded.data,
       extensions,

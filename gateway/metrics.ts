@@ -29,6 +29,7 @@ export class Metrics {
   readonly commitFailures: Counter<'code'>
   readonly storeSync: Gauge
   readonly storeReady: Gauge
+  readonly clockSynced: Gauge
   private uplinkSources: () => UplinkGaugeSource[] = () => []
 
   constructor () {
@@ -47,6 +48,7 @@ export class Metrics {
     this.commitFailures = new Counter({ name: 'gridgate_store_commit_failures_total', help: 'Store transactions rolled back, by error code.', labelNames: ['code'], registers })
     this.storeSync = new Gauge({ name: 'gridgate_store_synchronous', help: 'SQLite synchronous mode read back from the writer connection (2 = FULL, 1 = NORMAL).', registers })
     this.storeReady = new Gauge({ name: 'gridgate_store_ready', help: '1 while the store writer is running.', registers })
+    this.clockSynced = new Gauge({ name: 'gridgate_clock_synced', help: '1 when the wall clock is at or past the persisted clock floor; 0 while time stamps use the floor.', registers })
     const uplinkSources = (): UplinkGaugeSource[] => this.uplinkSources()
     new Gauge({
       name: 'gridgate_queue_events', help: 'Events waiting for each uplink.', labelNames: ['uplink'], registers,

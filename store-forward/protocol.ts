@@ -87,7 +87,8 @@ export type Request =
   | { op: 'stats' }
   | { op: 'close', clean: boolean }
 
-export interface StatsResult { events: number, bytes: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number }
+/** Kept incrementally by the writer (counted once at start), so asking is O(1). */
+export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number }
 
 export type Envelope = { id: number, req: Request }
 export type Reply = { id: number, ok: true, result: unknown } | { id: number, ok: false, error: { message: string, code?: string } }

@@ -87,6 +87,11 @@ class Writer {
   private deleteWork: Array<{ lo: number, hi: number }> = []
   private lastPrune = 0
   private maxPageCount = 0
+  /** Row counts, counted once at open and then kept in step with every committed transaction. */
+  private rows = 0
+  private deadLetterRows = 0
+  /** Changes made by the transaction under way; applied to the counts only after COMMIT. */
+  private delta = { rows: 0, deadLetters: 0 }
 
   open (): { created: boolean, unclean: boolean, quickCheck: string | null, movedAside: string | null } {
     try {
@@ -132,6 +137,8 @@ class Writer {
       this.db = db
       this.maxPageCount = db.pragma('max_page_count', { simple: true }) as number
       this.stmts = this.prepare()
+      this.rows = db.prepare('SELECT count(*) FROM events').pluck().get() as number
+      this.deadLetterRows = db.prepare('SELECT count(*) FROM dead_letters').pluck().get() as number
       return { created, unclean, quickCheck }
     } catch (err) {
       db.close()
@@ -201,13 +208,14 @@ class Writer {
   private deletePassed (): void {
     const rows = this.db.prepare('SELECT slot, cursor FROM uplinks').all() as Array<{ slot: number, cursor: number }>
     const pending = rows.map(r => `((routes & ${2 ** r.slot}) != 0 AND seq > ${r.cursor})`)
-    this.db.prepare(`DELETE FROM events WHERE NOT (${pending.length === 0 ? '0' : pending.join(' OR ')})`).run()
+    this.rows -= this.db.prepare(`DELETE FROM events WHERE NOT (${pending.length === 0 ? '0' : pending.join(' OR ')})`).run().changes
   }
 
   commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number): AppendResult[] {
     const db = this.db
     const s = this.stmts
     const results: AppendResult[] = []
+    this.delta = { rows: 0, deadLetters: 0 }
     db.exec('BEGIN IMMEDIATE')
     try {
       const windowStart = nowMs - init.dedupWindowMs
@@ -220,11 +228,13 @@ class Writer {
           }
         }
         const seq = Number(s.insert.run(a.ingestMs, a.routes, a.body.byteLength, a.body).lastInsertRowid)
+        this.delta.rows++
         if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs)
         results.push({ seq, duplicate: false })
       }
       for (const d of deadLetters) {
         s.deadLetter.run(d.uplink, d.seq, d.ingestMs, d.reason, d.status, nowMs, d.body)
+        this.delta.deadLetters++
       }
       for (const a of acks) this.moveCursor(a.slot, a.seq)
       this.workOffDeletes()
@@ -235,6 +245,8 @@ class Writer {
       if (floorMs > 0) s.setFloor.run(String(floorMs), floorMs)
       this.faultsBeforeCommit()
       db.exec('COMMIT')
+      this.rows += this.delta.rows
+      this.deadLetterRows += this.delta.deadLetters
     } catch (err) {
       if (db.inTransaction) db.exec('ROLLBACK')
       // Cursor moves in a rolled-back transaction never happened: forget their delete work.
@@ -267,7 +279,7 @@ class Writer {
       for (const cut of [...cuts, hi]) {
         let behind = 0
         for (const [slot, u] of this.uplinks) if (u.cursor < cut) behind |= 2 ** slot
-        this.stmts.deleteRange.run(lo, cut, behind)
+        this.delta.rows -= this.stmts.deleteRange.run(lo, cut, behind).changes
         lo = cut
       }
       budget -= hi - w.lo
@@ -313,14 +325,15 @@ class Writer {
 
   stats (): StatsResult {
     const db = this.db
-    const r = db.prepare('SELECT count(*) AS events, coalesce(sum(size), 0) AS bytes FROM events').get() as { events: number, bytes: number }
-    const deadLetters = db.prepare('SELECT count(*) FROM dead_letters').pluck().get() as number
+    let walBytes = 0
+    try { walBytes = fs.statSync(`${init.path}-wal`).size } catch {}
     return {
-      ...r,
-      deadLetters,
+      events: this.rows,
+      deadLetters: this.deadLetterRows,
       pageCount: db.pragma('page_count', { simple: true }) as number,
       pageSize: db.pragma('page_size', { simple: true }) as number,
       freelist: db.pragma('freelist_count', { simple: true }) as number,
+      walBytes,
     }
   }
 
