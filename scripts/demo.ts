@@ -12,17 +12,13 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 import mqtt, { type MqttClient } from 'mqtt'
 import { stringify } from 'yaml'
 import { startDemoReceiver, type DemoReceiver } from './demo-receiver.js'
+import { spawnGatewayProcess, type GatewayProcess } from './gateway-process.js'
 
-const here = path.dirname(fileURLToPath(import.meta.url))
-/** The compiled CLI, found from this script's own place (dist/scripts → dist/gateway), not from cwd. */
-const CLI = path.resolve(here, '..', 'gateway', 'cli.js')
 
 const OUTAGE_AT_MS = 5_500
 const OUTAGE_FOR_MS = 4_000
@@ -36,13 +32,7 @@ const say = (line = ''): void => { process.stdout.write(`${line}\n`) }
 
 interface UplinkState { name: string, state: string, backlogEvents: number, lastError: string | null }
 
-interface Gateway {
-  child: ChildProcess
-  mqttPort: number
-  adminPort: number
-  stderr: string[]
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
-}
+type Gateway = GatewayProcess
 
 function parseCli (): { duration: number | undefined } {
   const { values } = parseArgs({
@@ -102,56 +92,18 @@ function summarise (rec: Record<string, unknown>): string | undefined {
 }
 
 function spawnGateway (configFile: string): Promise<Gateway> {
-  // GRIDGATE_* variables would override (or, when unknown, reject) the demo config: leave them out.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GRIDGATE_')))
-  const child = spawn(process.execPath, [CLI, '--config', configFile], {
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
+  return spawnGatewayProcess({
+    configFile,
+    // GRIDGATE_* variables would override (or, when unknown, reject) the demo config: leave them out.
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GRIDGATE_'))),
     // Its own process group: a Ctrl-C in the terminal reaches only the demo, which then stops the
     // gateway with one SIGTERM (a second signal would make the gateway exit at once).
     detached: true,
-  })
-  const stderr: string[] = []
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => {
-    child.on('exit', (code, signal) => resolve({ code, signal }))
-    child.on('error', (err) => { stderr.push(`${err.message}\n`); resolve({ code: null, signal: null }) })
-  })
-  child.stderr!.on('data', (c: Buffer) => stderr.push(c.toString()))
-  return new Promise((resolve, reject) => {
-    let ready = false
-    let buf = ''
-    child.stdout!.on('data', (c: Buffer) => {
-      buf += c.toString()
-      let nl
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl)
-        buf = buf.slice(nl + 1)
-        let rec: Record<string, unknown>
-        try { rec = JSON.parse(line) as Record<string, unknown> } catch { continue }
-        const summary = summarise(rec)
-        if (summary !== undefined) say(summary)
-        if (!ready && rec.msg === 'gridgate ready') {
-          ready = true
-          clearTimeout(timer)
-          resolve({
-            child,
-            mqttPort: Number(String(rec.mqtt).split(':').pop()),
-            adminPort: Number(String(rec.admin).split(':').pop()),
-            stderr,
-            exited,
-          })
-        }
-      }
-    })
-    const timer = setTimeout(() => {
-      if (ready) return
-      child.kill('SIGKILL')
-      reject(new Error(`the gateway did not report ready within ${READY_TIMEOUT_MS / 1000} s\n${stderr.join('')}`))
-    }, READY_TIMEOUT_MS)
-    void exited.then(({ code, signal }) => {
-      clearTimeout(timer)
-      if (!ready) reject(new Error(`the gateway exited before it was ready (${signal ?? `exit code ${code}`}):\n${stderr.join('')}`))
-    })
+    readyTimeoutMs: READY_TIMEOUT_MS,
+    onLog: (rec) => {
+      const summary = summarise(rec)
+      if (summary !== undefined) say(summary)
+    },
   })
 }
 

@@ -2,13 +2,12 @@
 // crashes, signals and exit codes). Both go through the real config loader.
 import fs from 'node:fs'
 import path from 'node:path'
-import { spawn, type ChildProcess } from 'node:child_process'
 import type { TestContext } from 'node:test'
 import { stringify } from 'yaml'
 import { pino } from 'pino'
 import { loadConfig } from '../../config/load.js'
 import { Gateway } from '../../gateway/gateway.js'
-import { cliPath } from './util.js'
+import { spawnGatewayProcess, type GatewayProcess as BaseProcess } from '../../scripts/gateway-process.js'
 
 export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret', controller: 'controller-secret' } as const
 
@@ -45,49 +44,17 @@ export async function startInProcess (t: TestContext, config: Record<string, unk
   return gw
 }
 
-export interface GatewayProcess {
-  child: ChildProcess
-  mqttPort: number
-  adminPort: number
-  logs: Array<Record<string, unknown>>
-  stderr: string[]
-  exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+export interface GatewayProcess extends BaseProcess {
   admin (pathname: string, init?: RequestInit): Promise<Response>
 }
 
-/** Spawns `gridgate --config file` and resolves once it logged "gridgate ready". */
-export function spawnGateway (t: TestContext | null, configFile: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, [cliPath, '--config', configFile], {
+/** Spawns `gridgate --config file` (fault hooks on) and resolves once it logged "gridgate ready". */
+export async function spawnGateway (t: TestContext | null, configFile: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  const gw = await spawnGatewayProcess({
+    configFile,
     // The ready line is logged at info: make sure the level lets it through.
     env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', GRIDGATE_TEST_FAULTS: '1', GRIDGATE_GATEWAY_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
   })
-  const logs: Array<Record<string, unknown>> = []
-  const stderr: string[] = []
-  const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
-  t?.after(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
-  let buf = ''
-  child.stderr!.on('data', (c: Buffer) => stderr.push(c.toString()))
-  return new Promise((resolve, reject) => {
-    child.stdout!.on('data', (c: Buffer) => {
-      buf += c.toString()
-      let nl
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl)
-        buf = buf.slice(nl + 1)
-        let rec: Record<string, unknown>
-        try { rec = JSON.parse(line) as Record<string, unknown> } catch { continue }
-        logs.push(rec)
-        if (rec.msg === 'gridgate ready') {
-          const mqttPort = Number(String(rec.mqtt).split(':').pop())
-          const adminPort = Number(String(rec.admin).split(':').pop())
-          resolve({
-            child, mqttPort, adminPort, logs, stderr, exited,
-            admin: (p, init) => fetch(`http://127.0.0.1:${adminPort}${p}`, init),
-          })
-        }
-      }
-    })
-    void exited.then(({ code, signal }) => reject(new Error(`gateway exited before ready (code ${code}, signal ${signal}): ${stderr.join('')}`)))
-  })
+  t?.after(() => { if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL') })
+  return { ...gw, admin: (p, init) => fetch(`http://127.0.0.1:${gw.adminPort}${p}`, init) }
 }
