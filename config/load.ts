@@ -208,6 +208,8 @@ function collectionOf (s: Schema): { element: Schema, idKey: string, fixed: stri
 function renderNode (s: Schema, value: unknown): unknown {
   const meta = metaOf(s)
   if (meta?.secret === true && value !== undefined) return '<redacted>'
+  // A password inside a URL (https://user:pass@host/) is a secret too.
+  if (typeof value === 'string' && /^[a-z][a-z0-9+.-]*:\/\/[^/@]*:[^/@]*@/i.test(value)) return value.replace(/:\/\/([^/:@]*):[^/@]*@/, '://$1:<redacted>@')
   if (meta?.unit === 'size' && typeof value === 'number') return formatSize(value)
   if (meta?.unit === 'duration' && typeof value === 'number') return formatDuration(value)
   const inner = unwrap(s)

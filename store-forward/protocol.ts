@@ -83,7 +83,7 @@ export interface StoredRow { seq: number, ingestMs: number, body: Uint8Array }
 export type Request =
   | { op: 'init', uplinks: UplinkInit[], nowMs: number }
   | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number }
-  | { op: 'readPage', slot: number, after: number, limit: number, maxBytes: number }
+  | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
   | { op: 'stats' }
   | { op: 'close', clean: boolean }
 

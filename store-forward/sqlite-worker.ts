@@ -361,11 +361,11 @@ class Reader {
     this.db = new Database(init.path, { readonly: true, fileMustExist: true })
     configure(this.db, true)
     // Short paged queries, never an iterator held across awaits: a long reader starves checkpoints.
-    this.page = this.db.prepare('SELECT seq, ingest_ms AS ingestMs, body FROM events WHERE seq > ? AND (routes & ?) != 0 ORDER BY seq LIMIT ?')
+    this.page = this.db.prepare('SELECT seq, ingest_ms AS ingestMs, body FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) != 0 ORDER BY seq LIMIT ?')
   }
 
-  readPage (slot: number, after: number, limit: number, maxBytes: number): StoredRow[] {
-    const rows = this.page.all(after, 2 ** slot, limit) as StoredRow[]
+  readPage (slot: number, after: number, upTo: number, limit: number, maxBytes: number): StoredRow[] {
+    const rows = this.page.all(after, upTo, 2 ** slot, limit) as StoredRow[]
     let bytes = 0
     for (let i = 0; i < rows.length; i++) {
       bytes += rows[i]!.body.byteLength
@@ -409,7 +409,7 @@ function handle (req: Request): unknown {
     }
     case 'readPage':
       if (reader === null) throw new Error('readPage before init on a reader')
-      return reader.readPage(req.slot, req.after, req.limit, req.maxBytes)
+      return reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)
     case 'stats':
       if (writer === null) throw new Error('stats on a reader')
       return writer.stats()

@@ -261,8 +261,12 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
     }
   }
 
+  /**
+   * Rows routed to the uplink in (after, lastSeq], in order. Bounded by the last sequence whose
+   * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
+   */
   readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
-    return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, limit, maxBytes })
+    return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes })
   }
 
   stats (): Promise<StatsResult> {

@@ -51,6 +51,13 @@ async function shortBody (res: Response): Promise<string> {
 export function createHttpSink (opts: HttpSinkOptions): Sink {
   const target = new URL(opts.url)
   const baseHeaders: Record<string, string> = { 'content-type': BATCH_CONTENT_TYPE, ...opts.headers }
+  // fetch refuses URLs with credentials: send them as Basic auth (RFC 7617) instead.
+  if (target.username !== '' || target.password !== '') {
+    const userinfo = `${decodeURIComponent(target.username)}:${decodeURIComponent(target.password)}`
+    baseHeaders.authorization = `Basic ${Buffer.from(userinfo).toString('base64')}`
+    target.username = ''
+    target.password = ''
+  }
   return {
     kind: 'http',
     async send (batch: SinkBatch, signal: AbortSignal): Promise<SendOutcome> {

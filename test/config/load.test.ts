@@ -456,3 +456,13 @@ test('renderConfig says what store.sync normal gives up', (t) => {
   const text = renderConfig(load(t, 'store: { sync: normal }\n'))
   assert.match(text, /sync: normal # .*power loss/)
 })
+
+test('renderConfig redacts a password inside a URL', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gg-cfg-'))
+  t.after(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'c.yaml')
+  writeFileSync(file, 'uplinks:\n  - { name: cloud, type: http, url: "https://user:hunter2@example.test/events" }\n')
+  const out = renderConfig(loadConfig({ path: file, env: {} }))
+  assert.doesNotMatch(out, /hunter2/)
+  assert.match(out, /https:\/\/user:<redacted>@example\.test\/events/)
+})

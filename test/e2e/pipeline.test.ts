@@ -103,6 +103,10 @@ test('during an outage (connections refused, then 503) events are kept and all a
   assert.deepEqual(ns, Array.from({ length: N }, (_, i) => i), 'every event, once, in order')
   const seqs = events.map(seqOf)
   for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i]! > seqs[i - 1]!)
+  // The incremental backlog counters come back to zero exactly.
+  const counters = gw.store.uplinks.get('cloud')!
+  await waitFor(() => counters.backlogEvents === 0 && counters.backlogBytes === 0, 'the backlog counters are back to zero')
+  await waitFor(async () => (await gw.store.stats()).events === 0, 'every delivered row deleted')
 })
 
 test('a misconfigured cloud (401) keeps every event: nothing dead-lettered, all delivered once it accepts', async (t) => {
@@ -171,4 +175,14 @@ test('two uplinks each get every event through their own cursor; a dead one does
   deadUp = true
   await waitFor(() => dead.events.length === 50, 'the returning uplink catches up')
   await waitFor(async () => (await gw.store.stats()).events === 0, 'rows deleted once both acknowledged')
+})
+
+test('credentials in an uplink URL are sent as Basic auth, never in the request line', async (t) => {
+  const rx = await startReceiver(t)
+  const url = rx.url.replace('http://', 'http://cloud-user:s%40cret@')
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: url }))
+  const client = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await client.publishAsync('devices/sensor-1/x', '{"n":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the event delivered')
+  assert.equal(rx.requests[0]!.headers.authorization, `Basic ${Buffer.from('cloud-user:s@cret').toString('base64')}`)
 })
