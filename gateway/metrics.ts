@@ -34,7 +34,7 @@ export class Metrics {
 
   constructor () {
     const registers = [this.registry]
-    collectDefaultMetrics({ register: this.registry, prefix: 'gridgate_process_' })
+    collectDefaultMetrics({ register: this.registry, prefix: 'gridgate_' })
     this.ingress = new Counter({ name: 'gridgate_ingress_total', help: 'Device messages by protocol and outcome (stored, duplicate, refused, failed, local).', labelNames: ['protocol', 'outcome'], registers })
     this.authFailures = new Counter({ name: 'gridgate_auth_failures_total', help: 'Failed device authentications.', labelNames: ['protocol'], registers })
     this.normalizeFailures = new Counter({ name: 'gridgate_normalize_failures_total', help: 'Payloads kept as raw bytes because they did not parse as their declared type.', labelNames: ['protocol'], registers })

@@ -53,6 +53,20 @@ test('an MQTT publish reaches the HTTP uplink as a CloudEvent with every attribu
   assert.equal(req.headers['content-type'], 'application/cloudevents-batch+json')
   const seq = seqOf(rx.events[0]!)
   assert.equal(req.headers['idempotency-key'], `${gw.store.info.storeId}:${seq}-${seq}`)
+  const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
+  for (const series of [
+    'gridgate_ingress_total{protocol="mqtt",outcome="stored"} 1',
+    'gridgate_queue_events{uplink="cloud"}',
+    'gridgate_queue_bytes{uplink="cloud"}',
+    'gridgate_queue_oldest_age_seconds{uplink="cloud"}',
+    'gridgate_uplink_sends_total{uplink="cloud",outcome="delivered"}',
+    'gridgate_uplink_events_total{uplink="cloud"} 1',
+    'gridgate_store_synchronous 2',
+    'gridgate_store_ready 1',
+    'gridgate_clock_synced 1',
+    'gridgate_connections{protocol="mqtt"} 1',
+    'gridgate_process_resident_memory_bytes',
+  ]) assert.ok(metrics.includes(series), `/metrics has ${series}`)
 })
 
 test('mosquitto_pub with its default client id publishes an event that reaches the uplink', { skip: hasCommand('mosquitto_pub') ? false : 'mosquitto_pub is not installed (apt-get install mosquitto-clients)' }, async (t) => {
