@@ -21,8 +21,11 @@ const faults = init.faults === null ? null : new Int32Array(init.faults)
 
 /** Largest number of rows one commit deletes, so a large cursor jump cannot make one huge transaction. */
 const DELETE_CHUNK = 20_000
-/** Dedup keys older than the window are pruned at most this often (ms). */
-const DEDUP_PRUNE_INTERVAL = 5_000
+/**
+ * Expired dedup keys deleted per commit beyond twice the keys it adds, so pruning keeps pace with
+ * any ingest rate while no single commit does a large delete.
+ */
+const DEDUP_PRUNE_SLACK = 256
 
 const SCHEMA = `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -85,7 +88,6 @@ class Writer {
   private uplinks = new Map<number, { name: string, cursor: number }>()
   /** Cursor ranges (lo, hi] whose rows may now be deletable, worked off DELETE_CHUNK rows per commit. */
   private deleteWork: Array<{ lo: number, hi: number }> = []
-  private lastPrune = 0
   private maxPageCount = 0
   /** Row counts, counted once at open and then kept in step with every committed transaction. */
   private rows = 0
@@ -152,7 +154,7 @@ class Writer {
       insert: db.prepare('INSERT INTO events (ingest_ms, routes, size, body) VALUES (?, ?, ?, ?)'),
       dedupGet: db.prepare('SELECT seq, event_id AS eventId FROM dedup WHERE key = ? AND at_ms >= ?'),
       dedupPut: db.prepare('INSERT OR REPLACE INTO dedup (key, seq, event_id, at_ms) VALUES (?, ?, ?, ?)'),
-      dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE at_ms < ? LIMIT 10000)'),
+      dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE at_ms < ? ORDER BY at_ms LIMIT ?)'),
       setCursor: db.prepare('UPDATE uplinks SET cursor = ? WHERE slot = ? AND cursor < ?'),
       deleteRange: db.prepare('DELETE FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) = 0'),
       deadLetter: db.prepare('INSERT INTO dead_letters (uplink, seq, ingest_ms, reason, status, at_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)'),
@@ -238,10 +240,8 @@ class Writer {
       }
       for (const a of acks) this.moveCursor(a.slot, a.seq)
       this.workOffDeletes()
-      if (nowMs - this.lastPrune >= DEDUP_PRUNE_INTERVAL) {
-        s.dedupPrune.run(windowStart)
-        this.lastPrune = nowMs
-      }
+      // An index seek on dedup_at: next to nothing when no key has expired.
+      s.dedupPrune.run(windowStart, 2 * appends.length + DEDUP_PRUNE_SLACK)
       if (floorMs > 0) s.setFloor.run(String(floorMs), floorMs)
       this.faultsBeforeCommit()
       db.exec('COMMIT')

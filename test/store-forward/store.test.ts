@@ -192,3 +192,24 @@ test('an unclean stop is detected and quick_check runs on the next start', async
   assert.equal(s2.info.quickCheck, 'ok')
   assert.equal(s2.uplinks.get('a')!.backlogEvents, 1)
 })
+
+test('expired dedup keys are pruned as fast as new ones arrive', async (t) => {
+  let now = Date.now()
+  const dir = tempDir(t)
+  const s = await open(t, dir, { dedupWindowMs: 1000, now: () => now })
+  const append = (i: number) => s.append({ ingestMs: now, routes: s.routesAll, body: body('x'), eventId: `id-${i}`, dedupKey: Buffer.from(`key-${i}`) })
+  await Promise.all(Array.from({ length: 3000 }, (_, i) => append(i)))
+  now += 5000
+  for (let round = 0; round < 5; round++) await Promise.all(Array.from({ length: 1000 }, (_, i) => append(10_000 + round * 1000 + i)))
+  const db = new Database(path.join(dir, STORE_FILE), { readonly: true })
+  t.after(() => db.close())
+  const expired = db.prepare('SELECT count(*) FROM dedup WHERE at_ms < ?').pluck().get(now - 1000) as number
+  assert.equal(expired, 0, 'every expired key is gone')
+})
+
+test('store.commitDelay gathers appends into fewer commits', async (t) => {
+  const s = await open(t, tempDir(t), { commitDelayMs: 50 })
+  const before = s.commits
+  await Promise.all(Array.from({ length: 100 }, (_, i) => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })))
+  assert.equal(s.commits - before, 1)
+})
