@@ -1,0 +1,63 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { classifyStatus, parseRetryAfter, createHttpSink } from '../../adapters/uplink-http/index.js'
+import { backoffDelay } from '../../store-forward/forwarder.js'
+import { encodeEvent } from '../../gateway/event.js'
+import { startReceiver } from '../helpers/receiver.js'
+import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
+import { connect } from '../helpers/mqtt.js'
+import { tempDir, waitFor } from '../helpers/util.js'
+
+test('HTTP answers map to the outcome classes of the design', () => {
+  const table: Array<[number, string]> = [
+    [200, 'delivered'], [202, 'delivered'], [204, 'delivered'],
+    [408, 'retry'], [429, 'retry'], [500, 'retry'], [502, 'retry'], [503, 'retry'],
+    [400, 'poison'], [422, 'poison'], [413, 'too_large'],
+    [401, 'rejected'], [403, 'rejected'], [404, 'rejected'], [405, 'rejected'], [301, 'rejected'],
+  ]
+  for (const [status, kind] of table) assert.equal(classifyStatus(status, '', undefined).kind, kind, `HTTP ${status}`)
+  assert.deepEqual(classifyStatus(429, 'slow down', 1500), { kind: 'retry', reason: 'slow down', status: 429, retryAfterMs: 1500 })
+})
+
+test('Retry-After is read as seconds or as an HTTP date, clamped to an hour', () => {
+  const now = Date.parse('2026-11-22T00:00:00Z')
+  assert.equal(parseRetryAfter('3', now), 3000)
+  assert.equal(parseRetryAfter('Sun, 22 Nov 2026 00:00:10 GMT', now), 10_000)
+  assert.equal(parseRetryAfter('Sat, 21 Nov 2026 00:00:10 GMT', now), 0)
+  assert.equal(parseRetryAfter('999999', now), 3_600_000)
+  assert.equal(parseRetryAfter('soon', now), undefined)
+  assert.equal(parseRetryAfter(null, now), undefined)
+})
+
+test('backoff is full jitter under a capped exponential ceiling', () => {
+  assert.equal(backoffDelay(0, 100, 30_000, () => 0.999), 99)
+  assert.equal(backoffDelay(3, 100, 30_000, () => 0.5), 400)
+  assert.equal(backoffDelay(20, 100, 30_000, () => 0.999), 29_970)
+  assert.equal(backoffDelay(100, 100, 30_000, () => 0), 0)
+})
+
+test('a request that hangs past the timeout is a retry, not a delivery', async (t) => {
+  const rx = await startReceiver(t)
+  rx.respond = () => 'hang'
+  const sink = createHttpSink({ url: rx.url, timeoutMs: 200 })
+  const body = encodeEvent({ id: 'a', source: '/s', type: 't', subject: 'devices/d/x', time: new Date().toISOString(), extensions: {} })
+  const outcome = await sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, new AbortController().signal)
+  assert.equal(outcome.kind, 'retry')
+  assert.match((outcome as { reason: string }).reason, /timeout/)
+})
+
+test('a 429 with Retry-After is waited out before the batch is sent again', async (t) => {
+  const rx = await startReceiver(t)
+  const answered: number[] = []
+  rx.respond = () => {
+    answered.push(Date.now())
+    return answered.length === 1 ? { status: 429, headers: { 'retry-after': '1' } } : { status: 200 }
+  }
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }))
+  const client = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await client.publishAsync('devices/sensor-1/x', '{"n":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'delivered after the 429')
+  // The configured retry.maxDelay is 200 ms; only Retry-After explains a wait of about a second.
+  assert.ok(answered[1]! - answered[0]! >= 900, `waited ${answered[1]! - answered[0]!} ms`)
+})
