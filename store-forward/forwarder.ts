@@ -76,31 +76,42 @@ export class Forwarder {
 
   private async loop (): Promise<void> {
     while (!this.stopped) {
-      if (this.o.store.lastSeq <= this.position) {
-        this.oldestPendingMs = null
-        this.state = 'idle'
-        await this.sleep(Infinity)
-        continue
+      try {
+        await this.step()
+      } catch (err) {
+        // A failed read (the reader thread restarting, say) must not end forwarding for good.
+        this.noteFailure('backoff', `store read failed: ${(err as Error).message}`)
+        await this.sleep(backoffDelay(this.failures - 1, this.o.retryInitialMs, this.o.retryMaxMs, this.random))
       }
-      const horizon = this.o.store.lastSeq
-      let rows = await this.read()
-      if (rows.length === 0) {
-        // Nothing in (position, horizon] is routed to this uplink.
-        this.position = Math.max(this.position, horizon)
-        continue
-      }
-      // Wait up to batchMaxDelay from the first event's arrival for a fuller batch.
-      if (rows.length < this.o.batchMaxEvents && this.o.batchMaxDelayMs > 0) {
-        const waitMs = rows[0]!.ingestMs + this.o.batchMaxDelayMs - Date.now()
-        if (waitMs > 0 && waitMs <= this.o.batchMaxDelayMs) {
-          await this.sleep(waitMs, () => this.o.store.lastSeq - this.position >= this.o.batchMaxEvents)
-          if (this.stopped) break
-          rows = await this.read()
-        }
-      }
-      this.oldestPendingMs = rows[0]!.ingestMs
-      await this.deliver(rows)
     }
+  }
+
+  /** One batch: wait for events, read a page, deliver it. */
+  private async step (): Promise<void> {
+    if (this.o.store.lastSeq <= this.position) {
+      this.oldestPendingMs = null
+      this.state = 'idle'
+      await this.sleep(Infinity)
+      return
+    }
+    const horizon = this.o.store.lastSeq
+    let rows = await this.read()
+    if (rows.length === 0) {
+      // Nothing in (position, horizon] is routed to this uplink.
+      this.position = Math.max(this.position, horizon)
+      return
+    }
+    // Wait up to batchMaxDelay from the first event's arrival for a fuller batch.
+    if (rows.length < this.o.batchMaxEvents && this.o.batchMaxDelayMs > 0) {
+      const waitMs = rows[0]!.ingestMs + this.o.batchMaxDelayMs - Date.now()
+      if (waitMs > 0 && waitMs <= this.o.batchMaxDelayMs) {
+        await this.sleep(waitMs, () => this.o.store.lastSeq - this.position >= this.o.batchMaxEvents)
+        if (this.stopped) return
+        rows = await this.read()
+      }
+    }
+    this.oldestPendingMs = rows[0]!.ingestMs
+    await this.deliver(rows)
   }
 
   private read (): Promise<StoredRow[]> {

@@ -90,10 +90,15 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
       this.uplinks.set(u.name, { name: u.name, slot: u.slot, backlogEvents: u.backlogEvents, backlogBytes: u.backlogBytes, deadLetters: u.deadLetters, cursor: u.cursor })
     }
     this.lastSeq = this.info.lastSeq
-    this.reader = new WorkerClient({ role: 'reader', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: null })
-    await this.reader.request({ op: 'init', uplinks: [], nowMs: this.opts.now() })
+    await this.startReader()
     this.setReady(true)
     return this.info
+  }
+
+  private async startReader (): Promise<void> {
+    const reader = new WorkerClient({ role: 'reader', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: null })
+    this.reader = reader
+    await reader.request({ op: 'init', uplinks: [], nowMs: this.opts.now() })
   }
 
   private async startWriter (): Promise<InitResult> {
@@ -265,12 +270,21 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
    * Rows routed to the uplink in (after, lastSeq], in order. Bounded by the last sequence whose
    * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
    */
-  readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+  async readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    if (!this.reader.alive && !this.closing) {
+      this.opts.log.warn({ code: 'GG_ERR_STORE_UNAVAILABLE' }, 'store reader thread exited; restarting it')
+      await this.startReader()
+    }
     return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes })
   }
 
   stats (): Promise<StatsResult> {
     return this.writer.request<StatsResult>({ op: 'stats' })
+  }
+
+  /** Test-only: ends the reader thread, as a crash in it would. */
+  async killReader (): Promise<void> {
+    await this.reader.terminate()
   }
 
   /** Test-only fault switches (DESIGN.md "Engineering rules"); null unless faults were enabled. */

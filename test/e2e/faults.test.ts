@@ -59,3 +59,15 @@ test('on MQTT 5 a store that is full answers PUBACK 0x97 (quota exceeded) and st
   await sleep(100)
   assert.deepEqual(rx.events.map(e => e.data), [{ n: 'ok' }])
 })
+
+test('when the reader thread dies, forwarding resumes with a new one', async (t) => {
+  const rx = await startReceiver(t)
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const c = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await c.publishAsync('devices/sensor-1/x', '{"n":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the first event delivered')
+  await gw.store.killReader()
+  await c.publishAsync('devices/sensor-1/x', '{"n":2}', { qos: 1 })
+  await waitFor(() => rx.events.length === 2, 'the second event delivered through a new reader')
+  assert.deepEqual(rx.events.map(e => e.data), [{ n: 1 }, { n: 2 }])
+})
