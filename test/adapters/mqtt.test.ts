@@ -149,6 +149,16 @@ test('a subscription outside the device\'s patterns is refused in SUBACK', async
   assert.equal(ok[0]!.qos, 1)
 })
 
+test('QoS 0, 1 and 2 publishes are all stored and forwarded, in arrival order', async (t) => {
+  const { port, rx } = await setup(t)
+  const client = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  client.publish('devices/sensor-1/q', '{"qos":0}', { qos: 0 })
+  await client.publishAsync('devices/sensor-1/q', '{"qos":1}', { qos: 1 })
+  await client.publishAsync('devices/sensor-1/q', '{"qos":2}', { qos: 2 })
+  await waitFor(() => rx.events.length === 3, 'three events')
+  assert.deepEqual(rx.events.map(e => e.data), [{ qos: 0 }, { qos: 1 }, { qos: 2 }])
+})
+
 test('a QoS1 PUBLISH resent with DUP=1 after a lost PUBACK becomes one event', async (t) => {
   const { port, rx, gw } = await setup(t)
   const c = await rawClient(t, port, 'raw-1', 'sensor-1', TOKENS['sensor-1'])
