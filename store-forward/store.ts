@@ -202,7 +202,13 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
   /** Group commit: a commit starts as soon as the previous one ended and work is waiting. */
   private flush (): void {
     if (this.committing || !this.writer.alive || !this._ready) return
-    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0) return
+    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0) {
+      // Nothing left to commit: whoever waits for "the next commit" (close) is done waiting.
+      const waiters = this.ackWaiters
+      this.ackWaiters = []
+      for (const w of waiters) w.resolve()
+      return
+    }
     const batch = this.queue.length > MAX_APPENDS_PER_COMMIT ? this.queue.splice(0, MAX_APPENDS_PER_COMMIT) : this.queue
     if (batch === this.queue) this.queue = []
     const acks = this.acks

@@ -213,3 +213,16 @@ test('store.commitDelay gathers appends into fewer commits', async (t) => {
   await Promise.all(Array.from({ length: 100 }, (_, i) => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })))
   assert.equal(s.commits - before, 1)
 })
+
+test('close waits for the commit in flight and then finishes, even with nothing queued behind it', async (t) => {
+  const s = await open(t, tempDir(t), { faults: true })
+  s.fault('holdBeforeCommit', 1)
+  const appended = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('last'), eventId: 'last' })
+  await waitFor(() => s.faultValue('holding') === 1, 'the commit is in flight')
+  let closed = false
+  const closing = s.close().then(() => { closed = true })
+  s.fault('holdBeforeCommit', 0)
+  await appended
+  await waitFor(() => closed, 'close finished after the last commit')
+  await closing
+})
