@@ -20,7 +20,7 @@ if (files.length === 0) {
   process.stderr.write('no test files found\n')
   process.exit(1)
 }
-const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=120000', ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_ENV: 'test' },
 })
