@@ -127,6 +127,31 @@ test('a second device using the first device\'s client id leaves the first conne
   assert.equal(rx.events.length, 2, 'command topics are delivered locally, not stored as events')
 })
 
+test('an empty client id is assigned one with a clean session and refused with a persistent one [MQTT-3.1.3-8]', async (t) => {
+  const { port, rx } = await setup(t)
+  const ok = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'], clientId: '', clean: true })
+  await ok.publishAsync('devices/sensor-1/x', '{"n":1}', { qos: 1 })
+  await waitFor(() => rx.events.length === 1, 'the event from the client without an id')
+  // Hand-encoded: client libraries refuse to build a persistent session without a client id.
+  const socket = net.connect(port, '127.0.0.1')
+  t.after(() => socket.destroy())
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  const parser = mqttPacket.parser({ protocolVersion: 4 })
+  const connack = new Promise<mqttPacket.IConnackPacket>((resolve) => parser.on('packet', (p: mqttPacket.Packet) => { if (p.cmd === 'connack') resolve(p) }))
+  socket.on('data', (b: Buffer) => parser.parse(b))
+  const user = Buffer.from('sensor-1')
+  const pass = Buffer.from(TOKENS['sensor-1'])
+  const body = Buffer.concat([
+    Buffer.from([0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, 0xc0, 0x00, 0x1e]), // "MQTT", level 4, user + password, clean 0
+    Buffer.from([0x00, 0x00]), // empty client id
+    Buffer.from([0x00, user.length]), user,
+    Buffer.from([0x00, pass.length]), pass,
+  ])
+  socket.write(Buffer.concat([Buffer.from([0x10, body.length]), body]))
+  assert.equal((await connack).returnCode, 2)
+})
+
 test('a device may not publish to its own command topics by default; telemetry reaches local subscribers', async (t) => {
   const { port, rx } = await setup(t)
   const ctl = await connect(t, port, { username: 'controller', password: TOKENS.controller })
