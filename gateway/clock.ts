@@ -62,6 +62,9 @@ export class IdGenerator {
   #seq = 0
   readonly #pool = new Uint32Array(64)
   #poolIndex = 64
+  /** Random bytes for the ids' rand_b, drawn 4 KiB at a time: uuid's own rng asks the OS for 16 bytes per id. */
+  readonly #bytes = new Uint8Array(4096)
+  #bytesIndex = 4096
   readonly #seedSource: () => number
 
   /** `opts.seed` replaces the random counter seed (tests); the default is 31 random bits. */
@@ -85,7 +88,17 @@ export class IdGenerator {
       this.#msecs++
       this.#seq = this.#seedSource()
     }
-    return uuidv7({ msecs: this.#msecs, seq: this.#seq })
+    return uuidv7({ msecs: this.#msecs, seq: this.#seq, random: this.#randomBytes() })
+  }
+
+  #randomBytes (): Uint8Array {
+    if (this.#bytesIndex === this.#bytes.length) {
+      randomFillSync(this.#bytes)
+      this.#bytesIndex = 0
+    }
+    const out = this.#bytes.subarray(this.#bytesIndex, this.#bytesIndex + 16)
+    this.#bytesIndex += 16
+    return out
   }
 
   #randomSeed (): number {
