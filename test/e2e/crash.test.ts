@@ -145,3 +145,24 @@ test('a commit held before COMMIT sends no PUBACK, and a kill during the hold le
   assert.deepEqual(rx.events.map(e => (e.data as { n: string }).n), ['before'])
   gw2.child.kill('SIGKILL')
 })
+
+test('a second signal during a slow shutdown exits at once', async (t) => {
+  const rx = await startReceiver(t)
+  const dir = tempDir(t)
+  const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
+  const gw = await spawnGateway(t, file)
+  const client = mqtt.connect({ host: '127.0.0.1', port: gw.mqttPort, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0 })
+  client.on('error', () => {})
+  t.after(() => { client.end(true) })
+  await new Promise<void>((resolve) => client.once('connect', () => resolve()))
+  // A commit held before COMMIT keeps the drain (which waits for commits under way) busy.
+  await faults(gw, { holdBeforeCommit: 1 })
+  client.publish('devices/sensor-1/x', '{"n":"held"}', { qos: 1 })
+  await waitFor(async () => (await faults(gw, {})).holding === 1, 'the writer is holding the commit')
+  gw.child.kill('SIGTERM')
+  await waitFor(() => gw.logs.some(l => l.msg === 'shutting down'), 'the first signal started the drain')
+  gw.child.kill('SIGTERM')
+  const exit = await gw.exited
+  assert.equal(exit.code, 130)
+  assert.ok(gw.logs.some(l => l.msg === 'second signal; exiting now'))
+})
