@@ -17,7 +17,7 @@ Usage:
                                            from stdin when piped, or a new random token printed with its hash)
   gridgate --help | --version
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 130 second signal during shutdown.
 Environment: GRIDGATE_<PATH> overrides a config key, e.g. GRIDGATE_MQTT_PORT=1884,
 GRIDGATE_UPLINKS_CLOUD_URL=http://127.0.0.1:9000/events.
 `
