@@ -85,7 +85,7 @@ export type Request =
   | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number }
   | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
   | { op: 'stats' }
-  | { op: 'close', clean: boolean }
+  | { op: 'close', clean: boolean, floorMs: number }
 
 /** Kept incrementally by the writer (counted once at start), so asking is O(1). */
 export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number }

@@ -26,6 +26,11 @@ const DELETE_CHUNK = 20_000
  * any ingest rate while no single commit does a large delete.
  */
 const DEDUP_PRUNE_SLACK = 256
+/**
+ * The clock floor is written at most this often (ms): it only has to keep a clock-less box from
+ * starting far in the past, and writing it with every commit would add a page to every commit (flash wear).
+ */
+const FLOOR_PERSIST_INTERVAL = 10_000
 
 const SCHEMA = `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -89,6 +94,7 @@ class Writer {
   /** Cursor ranges (lo, hi] whose rows may now be deletable, worked off DELETE_CHUNK rows per commit. */
   private deleteWork: Array<{ lo: number, hi: number }> = []
   private maxPageCount = 0
+  private persistedFloor = 0
   /** Row counts, counted once at open and then kept in step with every committed transaction. */
   private rows = 0
   private deadLetterRows = 0
@@ -200,6 +206,7 @@ class Writer {
     }
     const storeId = db.prepare("SELECT value FROM meta WHERE key = 'storeid'").pluck().get() as string
     const floorMs = Number(db.prepare("SELECT value FROM meta WHERE key = 'floor_ms'").pluck().get())
+    this.persistedFloor = floorMs
     return { storeId, floorMs, lastSeq, uplinks, removedUplinks }
   }
 
@@ -242,9 +249,11 @@ class Writer {
       this.workOffDeletes()
       // An index seek on dedup_at: next to nothing when no key has expired.
       s.dedupPrune.run(windowStart, 2 * appends.length + DEDUP_PRUNE_SLACK)
-      if (floorMs > 0) s.setFloor.run(String(floorMs), floorMs)
+      const floorDue = floorMs - this.persistedFloor >= FLOOR_PERSIST_INTERVAL
+      if (floorDue) s.setFloor.run(String(floorMs), floorMs)
       this.faultsBeforeCommit()
       db.exec('COMMIT')
+      if (floorDue) this.persistedFloor = floorMs
       this.rows += this.delta.rows
       this.deadLetterRows += this.delta.deadLetters
     } catch (err) {
@@ -337,7 +346,8 @@ class Writer {
     }
   }
 
-  close (clean: boolean): void {
+  close (clean: boolean, floorMs: number): void {
+    if (floorMs > 0) this.stmts.setFloor.run(String(floorMs), floorMs)
     if (clean) this.db.prepare("UPDATE meta SET value = '1' WHERE key = 'clean'").run()
     this.db.close()
   }
@@ -414,7 +424,7 @@ function handle (req: Request): unknown {
       if (writer === null) throw new Error('stats on a reader')
       return writer.stats()
     case 'close':
-      writer?.close(req.clean)
+      writer?.close(req.clean, req.floorMs)
       reader?.close()
       return null
   }

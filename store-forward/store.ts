@@ -319,11 +319,11 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
     this.closing = true
     this.setReady(false)
     try {
-      if (this.writer.alive) await this.writer.request({ op: 'close', clean: true })
+      if (this.writer.alive) await this.writer.request({ op: 'close', clean: true, floorMs: this.opts.floorMs() })
     } finally {
       await this.writer.terminate()
       if (this.reader !== undefined) {
-        await this.reader.request({ op: 'close', clean: true }).catch(() => {})
+        await this.reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {})
         await this.reader.terminate()
       }
     }

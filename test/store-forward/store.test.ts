@@ -226,3 +226,14 @@ test('close waits for the commit in flight and then finishes, even with nothing 
   await waitFor(() => closed, 'close finished after the last commit')
   await closing
 })
+
+test('the clock floor is persisted (at most every 10 s, and at a clean stop) and read back at start', async (t) => {
+  const dir = tempDir(t)
+  let floor = Date.parse('2030-01-01T00:00:00Z')
+  const s1 = await open(t, dir, { floorMs: () => floor })
+  await s1.append({ ingestMs: floor, routes: s1.routesAll, body: body('x'), eventId: 'x' })
+  floor += 1000
+  await s1.close()
+  const s2 = await open(t, dir, { floorMs: () => 0 })
+  assert.equal(s2.info.floorMs, floor, 'the floor at the clean stop')
+})
