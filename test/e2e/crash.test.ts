@@ -1,6 +1,6 @@
 // The gateway as a child process, killed with SIGKILL or stopped with SIGTERM under QoS1 load:
 // every PUBACKed message must reach the cloud receiver (duplicates allowed, gaps not).
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -8,6 +8,7 @@ import mqtt from 'mqtt'
 import { tempDir, waitFor } from '../helpers/util.js'
 import { startReceiver, type Receiver } from '../helpers/receiver.js'
 import { baseConfig, spawnGateway, writeConfig, TOKENS, type GatewayProcess } from '../helpers/gateway.js'
+import { connect } from '../helpers/mqtt.js'
 
 /** Publishes counters at QoS1 with a window in flight; records which ones were PUBACKed. */
 class CounterPublisher {
@@ -118,14 +119,19 @@ async function faults (gw: GatewayProcess, body: Record<string, number>): Promis
   return await res.json() as { holding: number }
 }
 
-test('a commit held before COMMIT sends no PUBACK, and a kill during the hold leaves no trace of the event', async (t) => {
+/** A gateway child process with an uplink to a fresh receiver, and sensor-1 connected to it. */
+async function gatewayWithClient (t: TestContext) {
   const rx = await startReceiver(t)
   const dir = tempDir(t)
   const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
   const gw = await spawnGateway(t, file)
-  const client = mqtt.connect({ host: '127.0.0.1', port: gw.mqttPort, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0 })
+  const client = await connect(t, gw.mqttPort, { username: 'sensor-1', password: TOKENS['sensor-1'] })
   client.on('error', () => {})
-  t.after(() => { client.end(true) })
+  return { rx, file, gw, client }
+}
+
+test('a commit held before COMMIT sends no PUBACK, and a kill during the hold leaves no trace of the event', async (t) => {
+  const { rx, file, gw, client } = await gatewayWithClient(t)
   await client.publishAsync('devices/sensor-1/x', '{"n":"before"}', { qos: 1 })
   await waitFor(() => rx.events.length === 1, 'the first event delivered')
   await faults(gw, { holdBeforeCommit: 1 })
@@ -147,14 +153,7 @@ test('a commit held before COMMIT sends no PUBACK, and a kill during the hold le
 })
 
 test('a second signal during a slow shutdown exits at once', async (t) => {
-  const rx = await startReceiver(t)
-  const dir = tempDir(t)
-  const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
-  const gw = await spawnGateway(t, file)
-  const client = mqtt.connect({ host: '127.0.0.1', port: gw.mqttPort, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0 })
-  client.on('error', () => {})
-  t.after(() => { client.end(true) })
-  await new Promise<void>((resolve) => client.once('connect', () => resolve()))
+  const { gw, client } = await gatewayWithClient(t)
   // A commit held before COMMIT keeps the drain (which waits for commits under way) busy.
   await faults(gw, { holdBeforeCommit: 1 })
   client.publish('devices/sensor-1/x', '{"n":"held"}', { qos: 1 })

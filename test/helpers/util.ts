@@ -30,4 +30,4 @@ export function hasCommand (cmd: string): boolean {
 }
 
 export const repoRoot = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..', '..')
-export const cliPath = path.join(repoRoot, 'dist', 'gateway', 'cli.js')
+export { CLI as cliPath } from '../../scripts/gateway-process.js'
