@@ -78,17 +78,15 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
 
   get ready (): boolean { return this._ready }
 
-  get routesAll (): number {
-    let mask = 0
-    for (const u of this.uplinks.values()) mask |= 2 ** u.slot
-    return mask
-  }
+  /** Every configured uplink's bit: the routes of an event that no filter narrows (set once at open). */
+  routesAll = 0
 
   async open (): Promise<InitResult> {
     this.info = await this.startWriter()
     for (const u of this.info.uplinks) {
       this.uplinks.set(u.name, { name: u.name, slot: u.slot, backlogEvents: u.backlogEvents, backlogBytes: u.backlogBytes, deadLetters: u.deadLetters, cursor: u.cursor })
     }
+    for (const u of this.uplinks.values()) this.routesAll |= 2 ** u.slot
     this.lastSeq = this.info.lastSeq
     await this.startReader()
     this.setReady(true)

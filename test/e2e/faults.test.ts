@@ -1,5 +1,5 @@
 // Commit failure and writer death through the whole gateway (fault hooks, in-process).
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -8,9 +8,15 @@ import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { connect } from '../helpers/mqtt.js'
 
-test('a failed commit sends no PUBACK, closes the MQTT 3.1.1 connection, stores nothing, and the next publish works', async (t) => {
+/** An in-process gateway with the test fault hooks on, forwarding to a fresh receiver. */
+async function faultyGateway (t: TestContext) {
   const rx = await startReceiver(t)
   const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  return { rx, gw }
+}
+
+test('a failed commit sends no PUBACK, closes the MQTT 3.1.1 connection, stores nothing, and the next publish works', async (t) => {
+  const { rx, gw } = await faultyGateway(t)
   const port = gw.mqttAddress!.port
   const c1 = await connect(t, port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
   gw.store.fault('failCommits', 1)
@@ -29,8 +35,7 @@ test('a failed commit sends no PUBACK, closes the MQTT 3.1.1 connection, stores 
 })
 
 test('when the writer dies, the in-flight publish is not acknowledged, /readyz turns 503 and service resumes', async (t) => {
-  const rx = await startReceiver(t)
-  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const { rx, gw } = await faultyGateway(t)
   const port = gw.mqttAddress!.port
   const admin = `http://127.0.0.1:${gw.adminAddress!.port}`
   assert.equal((await fetch(`${admin}/readyz`)).status, 200)
@@ -49,8 +54,7 @@ test('when the writer dies, the in-flight publish is not acknowledged, /readyz t
 })
 
 test('on MQTT 5 a store that is full answers PUBACK 0x97 (quota exceeded) and stores nothing', async (t) => {
-  const rx = await startReceiver(t)
-  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const { rx, gw } = await faultyGateway(t)
   const c = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'], protocolVersion: 5 })
   gw.store.fault('failCommits', 1)
   await assert.rejects(c.publishAsync('devices/sensor-1/x', '{"n":"full"}', { qos: 1 }), (err: Error & { code?: number }) => err.code === 0x97)
@@ -61,8 +65,7 @@ test('on MQTT 5 a store that is full answers PUBACK 0x97 (quota exceeded) and st
 })
 
 test('when the reader thread dies, forwarding resumes with a new one', async (t) => {
-  const rx = await startReceiver(t)
-  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), { cloud: rx.url }), { faults: true })
+  const { rx, gw } = await faultyGateway(t)
   const c = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
   await c.publishAsync('devices/sensor-1/x', '{"n":1}', { qos: 1 })
   await waitFor(() => rx.events.length === 1, 'the first event delivered')
