@@ -55,6 +55,17 @@ export class Gateway {
   get mqttAddress (): AddressInfo | null { return this.mqtt?.address() ?? null }
   get adminAddress (): AddressInfo | null { return (this.admin?.server.address() as AddressInfo | null) ?? null }
 
+  /** Every bound listener by name (`mqtt`, `admin`, …), as `host:port`; logged in the ready line. */
+  listeners (): Record<string, string> {
+    const all: Record<string, AddressInfo | null> = {
+      admin: this.adminAddress,
+      mqtt: this.mqttAddress,
+    }
+    const out: Record<string, string> = {}
+    for (const [name, a] of Object.entries(all)) if (a !== null) out[name] = `${a.address}:${a.port}`
+    return out
+  }
+
   async start (): Promise<void> {
     const c = this.config
     try {
@@ -163,6 +174,7 @@ export class Gateway {
       admin: `${this.adminAddress?.address}:${this.adminAddress?.port}`,
       uplinks: c.uplinks.map(u => u.name),
       lastSequence: info.lastSeq,
+      listeners: this.listeners(),
     }, 'gridgate ready')
   }
 

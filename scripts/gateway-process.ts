@@ -11,6 +11,8 @@ export interface GatewayProcess {
   child: ChildProcess
   mqttPort: number
   adminPort: number
+  /** Every listener's port by name (`mqtt`, `admin`, …) from the ready line. */
+  ports: Record<string, number>
   /** Every pino line the gateway wrote to stdout, parsed. */
   logs: Array<Record<string, unknown>>
   stderr: string[]
@@ -59,7 +61,8 @@ export function spawnGatewayProcess (o: SpawnOptions): Promise<GatewayProcess> {
         if (!ready && rec.msg === 'gridgate ready') {
           ready = true
           clearTimeout(timer)
-          resolve({ child, mqttPort: portOf(rec.mqtt), adminPort: portOf(rec.admin), logs, stderr, exited })
+          const ports = Object.fromEntries(Object.entries((rec.listeners ?? {}) as Record<string, string>).map(([k, v]) => [k, portOf(v)]))
+          resolve({ child, mqttPort: portOf(rec.mqtt), adminPort: portOf(rec.admin), ports, logs, stderr, exited })
         }
       }
     })
