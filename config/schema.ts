@@ -147,18 +147,54 @@ const deviceSchema = z.strictObject({
   }))
 
 const storeSchema = z.strictObject({
+  /** Pages in use plus the WAL, measured; the WAL's share is walMaxBytes. */
+  maxBytes: size('1GiB', { min: '256KiB' }),
+  /** A nearly full disk counts as a full store (checked with statfs). */
+  minFreeDisk: size('64MiB'),
+  /** Events (and dead letters) older than this, counted from their stored ingest time, are removed. 0 = keep forever. */
+  ttl: duration('7d'),
+  whenFull: z.enum(['drop-oldest', 'reject-new']).default('drop-oldest'),
+  /** How long an MQTT 3.1.1 PUBACK may be withheld while the store is full before the connection is closed. */
+  rejectWait: duration('10s'),
+  /** The checkpointer truncates the WAL once it grows past this. */
+  walMaxBytes: size('64MiB', { min: '64KiB' }),
+  /** Deleted when the disk fills so that deletes and checkpoints can still run; re-created afterwards. */
+  reserveBytes: size('8MiB'),
   sync: z.enum(['full', 'normal']).default('full'),
   dedupWindow: duration('2m'),
   commitDelay: duration('0ms'),
 })
+  .superRefine((s, ctx) => {
+    if (typeof s.maxBytes === 'number' && typeof s.walMaxBytes === 'number' && s.walMaxBytes * 2 > s.maxBytes) {
+      ctx.addIssue({ code: 'custom', path: ['walMaxBytes'], message: `expected at most half of store.maxBytes (${s.maxBytes} bytes), got ${s.walMaxBytes} bytes` })
+    }
+  }, runDespiteIssues)
 
 const retrySchema = z.strictObject({
   initialDelay: duration('100ms'),
   maxDelay: duration('30s'),
 })
 
+const filterSchema = z.strictObject({
+  /** Event types this uplink receives (exact, or a prefix ending in `*`); absent = every type. */
+  types: z.array(z.string().min(1)).min(1).optional(),
+  /** Subjects (topics) this uplink receives, as MQTT topic filters; absent = every subject. */
+  subjects: z.array(topicFilter).min(1).optional(),
+})
+
+const maxLagSchema = z.strictObject({
+  /** Backlog bytes beyond which this uplink's oldest events are skipped (reason `lag`). */
+  bytes: size('1MiB', { min: '1KiB' }).optional(),
+  /** Backlog age beyond which this uplink's oldest events are skipped (reason `lag`). */
+  age: duration('1h').optional(),
+})
+
 // Keys every uplink type has, whatever its transport.
 const uplinkCommon = {
+  filter: filterSchema.optional(),
+  maxLag: maxLagSchema.optional(),
+  /** Where a new uplink starts: only events stored from now on, or everything still in the store. */
+  startFrom: z.enum(['newest', 'oldest']).default('newest'),
   batchMaxEvents: z.int().min(1).max(10_000).default(500),
   batchMaxBytes: size('1MiB', { min: '1KiB' }),
   batchMaxDelay: duration('20ms'),

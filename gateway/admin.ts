@@ -19,7 +19,7 @@ export interface AdminDeps {
 export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forwarder>, now = Date.now()) {
   return [...store.uplinks.values()].map((u) => {
     const f = forwarders.get(u.name)
-    const oldest = f?.oldestPendingMs ?? null
+    const oldest = u.backlogEvents === 0 ? null : (f?.oldestPendingMs ?? u.oldestMs)
     return {
       name: u.name,
       state: f?.state ?? 'stopped',
@@ -29,6 +29,8 @@ export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forw
       oldestAgeSeconds: oldest === null || u.backlogEvents === 0 ? 0 : Math.max(0, (now - oldest) / 1000),
       deadLetters: u.deadLetters,
       lastError: f?.lastError ?? null,
+      dropped: { ...u.dropped },
+      deadLettersDropped: u.deadLettersDropped,
     }
   })
 }

@@ -10,15 +10,29 @@ export interface ClockOptions {
   floorMs: number
   /** Wall clock in ms since the epoch; Date.now by default (a seam for tests). */
   wall?: () => number
+  /** Monotonic clock in ms (performance.now by default): tells a clock step from time passing. */
+  mono?: () => number
+  /** A jump of handed-out time this much beyond the monotonic time elapsed counts as a step. */
+  stepThresholdMs?: number
 }
+
+/** Handed-out time jumped ahead of elapsed time: events stamped at or before `beforeMs` are `deltaMs` older than they look. */
+export interface ClockStep { beforeMs: number, deltaMs: number }
 
 export class Clock {
   readonly #wall: () => number
   readonly #startFloor: number
+  readonly #mono: () => number
+  readonly #stepThreshold: number
   #last: number
+  #lastMono: number
+  #steps: ClockStep[] = []
 
   constructor (opts: ClockOptions) {
     this.#wall = opts.wall ?? Date.now
+    this.#mono = opts.mono ?? (() => performance.now())
+    this.#stepThreshold = opts.stepThresholdMs ?? 60_000
+    this.#lastMono = this.#mono()
     // A missing or garbled floor (NaN, negative) only loses the protection, it must not stop start-up.
     const floor = Number.isFinite(opts.floorMs) && opts.floorMs > 0 ? Math.floor(opts.floorMs) : 0
     this.#startFloor = floor
@@ -28,8 +42,23 @@ export class Clock {
   /** max(wall, floor, last value handed out), in ms since the epoch: never decreases. */
   now (): number {
     const wall = Math.floor(this.#wall())
-    if (wall > this.#last) this.#last = wall
+    const mono = this.#mono()
+    if (wall > this.#last) {
+      // NTP arriving after days offline (or a box that booted at 1970 and sat on the floor): the
+      // time handed out jumps. Record the jump beyond elapsed time so TTLs do not see it as age.
+      const jump = wall - this.#last - (mono - this.#lastMono)
+      if (jump > this.#stepThreshold) this.#steps.push({ beforeMs: this.#last, deltaMs: Math.floor(jump) })
+      this.#last = wall
+    }
+    this.#lastMono = mono
     return this.#last
+  }
+
+  /** Steps recorded since the last call (the store persists them for TTL). */
+  takeSteps (): ClockStep[] {
+    const s = this.#steps
+    this.#steps = []
+    return s
   }
 
   /** The highest value handed out (or the start floor): the value to persist as the next floor. */

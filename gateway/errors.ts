@@ -13,6 +13,7 @@ export const ErrorCodes = {
   GG_ERR_STORE_CORRUPT: 'The store was corrupt; it was moved aside into corrupt-<time>/ and a new one created.',
   GG_ERR_STORE_UNAVAILABLE: 'The store writer is not running; the event was not stored.',
   GG_ERR_STORE_FULL: 'The store is full; the event was not stored.',
+  GG_ERR_EVENTS_DROPPED: 'Store policy (quota, TTL or an uplink\'s maxLag) removed events before they were delivered; counted in gridgate_dropped_events_total.',
   GG_ERR_STORE_COMMIT: 'The commit failed; the event was not stored.',
   GG_ERR_AUTH_FAILED: 'Unknown device, disabled device or wrong secret.',
   GG_ERR_AUTH_REQUIRED: 'No credential was given and anonymous access is off.',

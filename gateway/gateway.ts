@@ -25,6 +25,10 @@ export interface GatewayOptions {
   log?: Logger
   /** Test-only fault hooks (GRIDGATE_TEST_FAULTS=1 under NODE_ENV=test). */
   faults?: boolean
+  /** The wall clock (ms since the epoch); Date.now by default. A seam for clock-step tests. */
+  wallClock?: () => number
+  /** How often the store's maintenance (TTL, lag age, free disk, checkpoint) runs; 1 s by default. */
+  maintainIntervalMs?: number
 }
 
 /** The config's `type` picks the sink factory. */
@@ -90,14 +94,29 @@ export class Gateway {
       sync: c.store.sync,
       dedupWindowMs: c.store.dedupWindow,
       commitDelayMs: c.store.commitDelay,
-      uplinks: c.uplinks.map(u => u.name),
+      uplinks: c.uplinks.map(u => ({
+        name: u.name,
+        startFrom: u.startFrom,
+        filter: u.filter,
+        maxLag: u.maxLag === undefined ? undefined : { bytes: u.maxLag.bytes, ageMs: u.maxLag.age },
+      })),
+      quota: {
+        maxBytes: c.store.maxBytes,
+        walMaxBytes: c.store.walMaxBytes,
+        minFreeDisk: c.store.minFreeDisk,
+        reserveBytes: c.store.reserveBytes,
+        whenFull: c.store.whenFull,
+        ttlMs: c.store.ttl,
+      },
+      takeClockSteps: () => this.clock?.takeSteps() ?? [],
+      ...(this.opts.maintainIntervalMs === undefined ? {} : { maintainIntervalMs: this.opts.maintainIntervalMs }),
       floorMs: () => this.clock?.floorMs ?? 0,
-      now: () => this.clock?.now() ?? Date.now(),
+      now: () => this.clock?.now() ?? (this.opts.wallClock ?? Date.now)(),
       log: this.log,
       faults: this.opts.faults === true,
     })
     const info = await this.store.open()
-    this.clock = new Clock({ floorMs: info.floorMs })
+    this.clock = new Clock({ floorMs: info.floorMs, ...(this.opts.wallClock === undefined ? {} : { wall: this.opts.wallClock }) })
     if (info.movedAside !== null) {
       this.log.error({ code: 'GG_ERR_STORE_CORRUPT', movedTo: info.movedAside, storeId: info.storeId }, 'the store was corrupt; it was moved aside and a new store created')
     }
@@ -135,6 +154,22 @@ export class Gateway {
       f.start()
     }
     this.metrics.setUplinkSource(() => uplinkReport(this.store, this.forwarders))
+    this.metrics.setStoreSource(() => this.store)
+    const bySlot = new Map([...this.store.uplinks.values()].map(u => [u.slot, this.forwarders.get(u.name)]))
+    this.store.on('skipped', (slot, cursor) => bySlot.get(slot)?.skipTo(cursor))
+    // One log line per burst of drops, not per event (DESIGN.md "Operations").
+    const dropLog = new Map<string, number>()
+    this.store.on('dropped', (uplink, reason, events) => {
+      this.metrics.dropped.inc({ uplink, reason }, events)
+      const key = `${uplink}:${reason}`
+      const now = Date.now()
+      if ((dropLog.get(key) ?? 0) + 60_000 <= now) {
+        dropLog.set(key, now)
+        this.log.warn({ code: 'GG_ERR_EVENTS_DROPPED', uplink, reason, events }, 'store policy removed events before delivery (logged once a minute per uplink and reason)')
+      }
+    })
+    this.store.on('full', () => this.log.warn({ code: 'GG_ERR_STORE_FULL', whenFull: c.store.whenFull, maxBytes: c.store.maxBytes }, 'the store is full'))
+    this.store.on('space', () => this.log.info('the store admits new events again'))
 
     this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, clockSynced: () => this.clock.synced(), faults: this.opts.faults === true })
     try {
@@ -158,6 +193,7 @@ export class Gateway {
         port: c.mqtt.port,
         maxPacketSize: c.mqtt.maxPacketSize,
         allowAnonymous: c.auth.allowAnonymous,
+        rejectWaitMs: c.store.rejectWait,
         registry,
         ingest,
         metrics: this.metrics,

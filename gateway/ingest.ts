@@ -6,8 +6,9 @@ import type { Clock, IdGenerator } from './clock.js'
 import type { DecoderRegistry, DecodeResult } from './decoders/index.js'
 import { decodeLenient } from './decoders/index.js'
 import { encodeEvent, type GridEvent } from './event.js'
+import { GridgateError } from './errors.js'
 import type { Metrics, Protocol } from './metrics.js'
-import type { Store } from '../store-forward/store.js'
+import { StoreFullError, type Store } from '../store-forward/store.js'
 
 export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
 
@@ -24,6 +25,13 @@ export interface IngestMessage {
   dedupKey?: Uint8Array | undefined
   /** Look the key up before storing (a retransmission is possible). */
   dedupCheck?: boolean | undefined
+  /**
+   * When the store is full (reject-new), keep the device waiting up to this long for space before
+   * refusing (MQTT 3.1.1 cannot refuse one publish: the ack is withheld, DESIGN.md "Store").
+   */
+  fullWaitMs?: number | undefined
+  /** Checked before a retry after waiting for space: a message whose connection is gone is abandoned. */
+  abandoned?: (() => boolean) | undefined
 }
 
 export interface IngestResult {
@@ -86,13 +94,18 @@ export class Ingest {
     // One reading of the clock for the event's time, its id's timestamp and its stored ingest time.
     const nowMs = this.o.clock.now()
     const event = this.stamp(msg, decoded, nowMs)
-    const p = this.o.store.append({
+    const item = {
       ingestMs: nowMs,
-      routes: this.o.store.routesAll,
+      routes: this.o.store.route(event.type, event.subject ?? msg.topic),
       body: encodeEvent(event),
       eventId: event.id,
       ...(msg.dedupKey === undefined ? {} : { dedupKey: msg.dedupKey, dedupCheck: msg.dedupCheck === true }),
-    }).then((r) => {
+    }
+    const first = this.o.store.append(item)
+    const appended = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
+      ? first
+      : first.catch((err: unknown) => this.waitForSpace(err, item, msg, Date.now() + msg.fullWaitMs!))
+    const p = appended.then((r) => {
       if (r.duplicate) {
         this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
         this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
@@ -110,6 +123,28 @@ export class Ingest {
       p.then(forget, forget)
     }
     return p
+  }
+
+  /** Retries an append refused for a full store each time the store reports space, until the deadline. */
+  private async waitForSpace (err: unknown, item: Parameters<Store['append']>[0], msg: IngestMessage, deadline: number): Promise<Awaited<ReturnType<Store['append']>>> {
+    let last = err
+    while (last instanceof StoreFullError) {
+      const left = deadline - Date.now()
+      if (left <= 0) break
+      await new Promise<void>((resolve) => {
+        const done = (): void => { clearTimeout(timer); this.o.store.off('space', done); resolve() }
+        const timer = setTimeout(done, left)
+        this.o.store.once('space', done)
+      })
+      if (msg.abandoned?.() === true) throw new GridgateError('GG_ERR_STORE_FULL', 'the device went away while the store was full; the event was not stored')
+      if (Date.now() >= deadline && this.o.store.full) break
+      try {
+        return await this.o.store.append(item)
+      } catch (e) {
+        last = e
+      }
+    }
+    throw last
   }
 
   private stamp (msg: IngestMessage, decoded: DecodeResult, nowMs: number): GridEvent {

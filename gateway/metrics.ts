@@ -12,6 +12,14 @@ export interface UplinkGaugeSource {
   state: string
 }
 
+export interface StoreGaugeSource {
+  usedBytes: number
+  walBytes: number
+  full: boolean
+  diskFree: number | null
+  uplinks: ReadonlyMap<string, { deadLetters: number }>
+}
+
 export const UPLINK_STATES = ['idle', 'sending', 'backoff', 'rejected', 'stopped'] as const
 
 export class Metrics {
@@ -30,6 +38,8 @@ export class Metrics {
   readonly storeSync: Gauge
   readonly storeReady: Gauge
   readonly clockSynced: Gauge
+  readonly dropped: Counter<'uplink' | 'reason'>
+  private storeSource: () => StoreGaugeSource | null = () => null
   private uplinkSources: () => UplinkGaugeSource[] = () => []
 
   constructor () {
@@ -49,6 +59,28 @@ export class Metrics {
     this.storeSync = new Gauge({ name: 'gridgate_store_synchronous', help: 'SQLite synchronous mode read back from the writer connection (2 = FULL, 1 = NORMAL).', registers })
     this.storeReady = new Gauge({ name: 'gridgate_store_ready', help: '1 while the store writer is running.', registers })
     this.clockSynced = new Gauge({ name: 'gridgate_clock_synced', help: '1 when the wall clock is at or past the persisted clock floor; 0 while time stamps use the floor.', registers })
+    this.dropped = new Counter({ name: 'gridgate_dropped_events_total', help: 'Events removed by store policy before delivery, per uplink and reason (quota, ttl, lag).', labelNames: ['uplink', 'reason'], registers })
+    const store = (): StoreGaugeSource | null => this.storeSource()
+    new Gauge({
+      name: 'gridgate_store_bytes', help: 'Database pages in use plus the WAL, in bytes (what store.maxBytes bounds).', registers,
+      collect () { const s = store(); if (s !== null) this.set(s.usedBytes + s.walBytes) },
+    })
+    new Gauge({
+      name: 'gridgate_store_wal_bytes', help: 'Size of the WAL file in bytes.', registers,
+      collect () { const s = store(); if (s !== null) this.set(s.walBytes) },
+    })
+    new Gauge({
+      name: 'gridgate_store_full', help: '1 while the store is full (reject-new refuses; drop-oldest drops to admit).', registers,
+      collect () { const s = store(); if (s !== null) this.set(s.full ? 1 : 0) },
+    })
+    new Gauge({
+      name: 'gridgate_store_disk_free_bytes', help: 'Free bytes on the data directory\'s file system (statfs).', registers,
+      collect () { const s = store(); if (s !== null && s.diskFree !== null) this.set(s.diskFree) },
+    })
+    new Gauge({
+      name: 'gridgate_dead_letters', help: 'Dead letters held per uplink.', labelNames: ['uplink'], registers,
+      collect () { const s = store(); if (s !== null) for (const [name, u] of s.uplinks) this.set({ uplink: name }, u.deadLetters) },
+    })
     const uplinkSources = (): UplinkGaugeSource[] => this.uplinkSources()
     new Gauge({
       name: 'gridgate_queue_events', help: 'Events waiting for each uplink.', labelNames: ['uplink'], registers,
@@ -71,4 +103,5 @@ export class Metrics {
   }
 
   setUplinkSource (fn: () => UplinkGaugeSource[]): void { this.uplinkSources = fn }
+  setStoreSource (fn: () => StoreGaugeSource | null): void { this.storeSource = fn }
 }

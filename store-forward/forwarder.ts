@@ -43,6 +43,8 @@ export class Forwarder {
   private failures = 0
   private readonly random: () => number
   private readonly onAppended = (): void => { this.wake?.() }
+  /** Everything at or below this was removed by store policy (drop-oldest, TTL, maxLag): never sent. */
+  private skipFloor = 0
 
   constructor (private readonly o: ForwarderOptions, cursor: number) {
     this.position = cursor
@@ -54,6 +56,14 @@ export class Forwarder {
     this.running = this.loop().catch((err: Error) => {
       if (!this.controller.signal.aborted) this.o.log.error({ err, uplink: this.o.name }, 'forwarder stopped unexpectedly')
     })
+  }
+
+  /** Policy moved this uplink's cursor: what lies below it is not sent, not even from a batch being retried. */
+  skipTo (cursor: number): void {
+    if (cursor <= this.skipFloor) return
+    this.skipFloor = cursor
+    if (cursor > this.position) this.position = cursor
+    this.wake?.()
   }
 
   /** Stops after the batch in flight; a send still running at the deadline is aborted (and resent after restart). */
@@ -119,8 +129,13 @@ export class Forwarder {
   }
 
   /** Sends rows until they are delivered or dead-lettered; returns early only when stopping. */
-  private async deliver (rows: readonly SinkEvent[]): Promise<boolean> {
+  private async deliver (batch: readonly SinkEvent[]): Promise<boolean> {
+    let rows = batch
     while (!this.stopped) {
+      if (rows[0]!.seq <= this.skipFloor) {
+        rows = rows.filter(r => r.seq > this.skipFloor)
+        if (rows.length === 0) return true
+      }
       const outcome = await this.sendOnce(rows)
       switch (outcome.kind) {
         case 'delivered':
@@ -184,7 +199,7 @@ export class Forwarder {
     const last = rows[rows.length - 1]!
     let bytes = 0
     for (const r of rows) bytes += r.body.byteLength
-    this.position = last.seq
+    this.position = Math.max(this.position, last.seq)
     this.o.metrics.uplinkEvents.inc({ uplink: this.o.name }, rows.length)
     // The cursor move is durable with the next commit; a lost move only means a resend.
     this.o.store.ack(this.o.slot, last.seq, rows.length, bytes).catch(() => {})
@@ -194,7 +209,7 @@ export class Forwarder {
     this.o.log.warn({ code: 'GG_ERR_UPLINK_POISON', uplink: this.o.name, seq: row.seq, status, detail }, 'uplink rejected one event; moved to dead letters')
     this.o.metrics.deadLetters.inc({ uplink: this.o.name, reason })
     this.o.store.deadLetter({ uplink: this.o.name, seq: row.seq, ingestMs: row.ingestMs, reason: `${reason}: ${detail}`, status, body: row.body }).catch(() => {})
-    this.position = row.seq
+    this.position = Math.max(this.position, row.seq)
     this.o.store.ack(this.o.slot, row.seq, 1, row.body.byteLength).catch(() => {})
   }
 

@@ -13,8 +13,29 @@ export const FaultSlot = {
   killWriter: 2,
   /** Set by the writer while it is held, so a test can wait for the hold to take effect. */
   holding: 3,
+  /** 1 = the database may not grow (max_page_count pinned at its size then): a real SQLITE_FULL. 0 = space returns. */
+  diskFull: 4,
 } as const
-export const FAULT_SLOTS = 4
+export const FAULT_SLOTS = 5
+
+export interface QuotaInit {
+  maxBytes: number
+  walMaxBytes: number
+  minFreeDisk: number
+  reserveBytes: number
+  whenFull: 'drop-oldest' | 'reject-new'
+  /** 0 = no TTL. */
+  ttlMs: number
+}
+
+/**
+ * A forward step of the clock (NTP arriving after days offline): events stamped at or before
+ * `beforeMs` were really stamped `deltaMs` later than their time says, for TTL purposes.
+ */
+export interface ClockStep { beforeMs: number, deltaMs: number }
+
+export type DropReason = 'quota' | 'ttl' | 'lag'
+export const DROP_REASONS: readonly DropReason[] = ['quota', 'ttl', 'lag']
 
 export interface WorkerInit {
   role: 'writer' | 'reader'
@@ -22,10 +43,14 @@ export interface WorkerInit {
   sync: 'full' | 'normal'
   dedupWindowMs: number
   faults: SharedArrayBuffer | null
+  quota?: QuotaInit
 }
 
 export interface UplinkInit {
   name: string
+  startFrom?: 'newest' | 'oldest'
+  filter?: { types?: string[] | undefined, subjects?: string[] | undefined } | undefined
+  maxLag?: { bytes?: number | undefined, ageMs?: number | undefined } | undefined
 }
 
 export interface AppendItem {
@@ -43,6 +68,49 @@ export type AppendResult =
   | { seq: number, duplicate: false }
   | { seq: number, duplicate: true, eventId: string }
 
+/** The writer's answer per append: stored, a duplicate, or refused because the store is full (reject-new). */
+export type WriterAppendResult = AppendResult | { refused: 'GG_ERR_STORE_FULL' }
+
+/** Per-uplink counters as the writer keeps them, sent with every reply that may change them. */
+export interface UplinkCounts { slot: number, cursor: number, events: number, bytes: number }
+
+export interface WriterState {
+  uplinks: UplinkCounts[]
+  /** Events removed by policy in this request, per uplink slot and reason. */
+  drops: Array<{ slot: number, reason: DropReason, events: number }>
+  /** Dead letters removed by policy (quota or TTL), per uplink name. */
+  deadLetterDrops: Array<{ uplink: string, reason: DropReason, count: number }>
+  /** True while new events are refused (reject-new) or admitted only by dropping (drop-oldest). */
+  full: boolean
+  /** Pages in use (bytes) and WAL file bytes: what store.maxBytes bounds. */
+  usedBytes: number
+  walBytes: number
+  deadLetters: number
+  /** Dead letters per uplink name. */
+  deadLettersByUplink: Record<string, number>
+  events: number
+}
+
+export interface CommitResult { results: WriterAppendResult[], state: WriterState }
+
+export interface MaintainResult {
+  state: WriterState
+  /** Ingest time of each uplink's oldest waiting event. */
+  oldest: Array<{ slot: number, ingestMs: number | null }>
+  checkpoint: { mode: 'PASSIVE' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
+  diskFree: number | null
+}
+
+export interface DeadLetterRow {
+  id: number
+  uplink: string
+  seq: number
+  ingestMs: number
+  atMs: number
+  reason: string
+  status: number | null
+  body: Uint8Array
+}
 export interface AckItem { slot: number, seq: number }
 
 export interface DeadLetterItem {
@@ -85,10 +153,14 @@ export type Request =
   | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number }
   | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
   | { op: 'stats' }
+  | { op: 'maintain', nowMs: number, steps: ClockStep[] }
+  | { op: 'dlqList', uplink: string | null, afterId: number, limit: number }
+  | { op: 'dlqReplay', uplink: string | null, ids: number[] | null, ingestMs: number }
+  | { op: 'dlqPurge', uplink: string | null, ids: number[] | null }
   | { op: 'close', clean: boolean, floorMs: number }
 
 /** Kept incrementally by the writer (counted once at start), so asking is O(1). */
-export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number }
+export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number, usedBytes: number, maxBytes: number | null, full: boolean }
 
 export type Envelope = { id: number, req: Request }
 export type Reply = { id: number, ok: true, result: unknown } | { id: number, ok: false, error: { message: string, code?: string } }

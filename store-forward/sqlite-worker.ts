@@ -10,8 +10,11 @@ import {
   SCHEMA_VERSION, FaultSlot,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem, type AppendResult,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
-  type StatsResult,
+  type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
+  type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit,
 } from './protocol.js'
+import { decodeEvent } from '../gateway/event.js'
+import { compileFilter } from './route.js'
 
 const init = workerData as WorkerInit
 const port = parentPort
@@ -31,6 +34,28 @@ const DEDUP_PRUNE_SLACK = 256
  * starting far in the past, and writing it with every commit would add a page to every commit (flash wear).
  */
 const FLOOR_PERSIST_INTERVAL = 10_000
+/** Rows looked at per step when policy removes the oldest events (quota, TTL, lag). */
+const DROP_SCAN = 2_000
+/** Bytes an event row costs beyond its body (row header, key, b-tree cell, dedup entry), for quota estimates. */
+const ROW_OVERHEAD = 64
+/** The reserve file, deleted when the disk fills so that deletes and checkpoints can run. */
+export const RESERVE_FILE = 'gridgate.reserve'
+
+/** The ingest time below which an event's TTL-effective time is below `cutoff`, given the clock steps. */
+export function rawCutoff (cutoff: number, steps: readonly ClockStep[]): number {
+  // effective(x) = x + sum of deltaMs over steps with beforeMs >= x; monotone in x.
+  const sorted = [...steps].sort((a, b) => a.beforeMs - b.beforeMs)
+  let shift = sorted.reduce((n, s) => n + s.deltaMs, 0)
+  let lo = -Infinity
+  for (const st of sorted) {
+    // x in (lo, st.beforeMs]: effective = x + shift.
+    const r = cutoff - shift
+    if (r <= st.beforeMs + 1) return Math.max(r, lo === -Infinity ? r : lo + 1)
+    lo = st.beforeMs
+    shift -= st.deltaMs
+  }
+  return Math.max(cutoff, lo === -Infinity ? cutoff : lo + 1)
+}
 
 const SCHEMA = `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -87,19 +112,42 @@ function configure (db: Database.Database, readonly: boolean): void {
   db.pragma('foreign_keys = OFF')
 }
 
+interface UplinkRuntime {
+  name: string
+  cursor: number
+  /** Events and body bytes routed to this uplink above its cursor. */
+  events: number
+  bytes: number
+  maxLag: { bytes?: number | undefined, ageMs?: number | undefined } | undefined
+}
+
 class Writer {
   db!: Database.Database
   private stmts!: ReturnType<Writer['prepare']>
-  private uplinks = new Map<number, { name: string, cursor: number }>()
+  private uplinks = new Map<number, UplinkRuntime>()
   /** Cursor ranges (lo, hi] whose rows may now be deletable, worked off DELETE_CHUNK rows per commit. */
   private deleteWork: Array<{ lo: number, hi: number }> = []
   private maxPageCount = 0
+  private pageSize = 4096
   private persistedFloor = 0
   /** Row counts, counted once at open and then kept in step with every committed transaction. */
   private rows = 0
   private deadLetterRows = 0
-  /** Changes made by the transaction under way; applied to the counts only after COMMIT. */
+  /** Dead letters per uplink name, kept like deadLetterRows (restored on rollback). */
+  private dlByUplink = new Map<string, number>()
+  /** Changes made by the transaction under way; applied only after COMMIT. */
   private delta = { rows: 0, deadLetters: 0 }
+  private drops: WriterState['drops'] = []
+  private deadLetterDrops: WriterState['deadLetterDrops'] = []
+  /** Cursors and counters as they were before the transaction under way, restored on ROLLBACK. */
+  private saved: Map<number, { cursor: number, events: number, bytes: number }> | null = null
+  private full = false
+  /** Set when SQLite reported SQLITE_FULL (or the disk is below minFreeDisk); cleared by maintain() once space is back. */
+  private diskFull = false
+  private steps: ClockStep[] = []
+  private diskFaultOn = false
+  private readonly quota: QuotaInit | undefined = init.quota
+  private readonly reservePath = path.join(path.dirname(init.path), RESERVE_FILE)
 
   open (): { created: boolean, unclean: boolean, quickCheck: string | null, movedAside: string | null } {
     try {
@@ -116,6 +164,8 @@ class Writer {
     const db = new Database(init.path)
     try {
       configure(db, false)
+      // The checkpointer (maintain) decides when the WAL is copied back, not every commit's size.
+      db.pragma('wal_autocheckpoint = 0')
       const version = db.pragma('user_version', { simple: true }) as number
       if (version > SCHEMA_VERSION) {
         throw Object.assign(new Error(`store schema version ${version} is newer than this gridgate supports (${SCHEMA_VERSION})`), { code: 'GG_ERR_STORE_VERSION' })
@@ -144,9 +194,14 @@ class Writer {
       db.prepare("UPDATE meta SET value = '0' WHERE key = 'clean'").run()
       this.db = db
       this.maxPageCount = db.pragma('max_page_count', { simple: true }) as number
+      this.pageSize = db.pragma('page_size', { simple: true }) as number
       this.stmts = this.prepare()
       this.rows = db.prepare('SELECT count(*) FROM events').pluck().get() as number
       this.deadLetterRows = db.prepare('SELECT count(*) FROM dead_letters').pluck().get() as number
+      this.dlByUplink = new Map((db.prepare('SELECT uplink, count(*) AS n FROM dead_letters GROUP BY uplink').all() as Array<{ uplink: string, n: number }>).map(r => [r.uplink, r.n]))
+      const steps = db.prepare("SELECT value FROM meta WHERE key = 'clock_steps'").pluck().get() as string | undefined
+      this.steps = steps === undefined ? [] : JSON.parse(steps) as ClockStep[]
+      this.ensureReserve()
       return { created, unclean, quickCheck }
     } catch (err) {
       db.close()
@@ -158,13 +213,24 @@ class Writer {
     const db = this.db
     return {
       insert: db.prepare('INSERT INTO events (ingest_ms, routes, size, body) VALUES (?, ?, ?, ?)'),
+      deleteOne: db.prepare('DELETE FROM events WHERE seq = ?'),
+      insertedSeq: db.prepare('SELECT last_insert_rowid()').pluck(),
       dedupGet: db.prepare('SELECT seq, event_id AS eventId FROM dedup WHERE key = ? AND at_ms >= ?'),
       dedupPut: db.prepare('INSERT OR REPLACE INTO dedup (key, seq, event_id, at_ms) VALUES (?, ?, ?, ?)'),
       dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE at_ms < ? ORDER BY at_ms LIMIT ?)'),
       setCursor: db.prepare('UPDATE uplinks SET cursor = ? WHERE slot = ? AND cursor < ?'),
       deleteRange: db.prepare('DELETE FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) = 0'),
+      deleteUpTo: db.prepare('DELETE FROM events WHERE seq <= ?'),
+      rangeCount: db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) != 0'),
+      oldestRows: db.prepare('SELECT seq, ingest_ms AS ingestMs, routes, size FROM events WHERE seq > ? ORDER BY seq LIMIT ?'),
+      routedRows: db.prepare('SELECT seq, ingest_ms AS ingestMs, size FROM events WHERE seq > ? AND (routes & ?) != 0 ORDER BY seq LIMIT ?'),
+      oldestRouted: db.prepare('SELECT ingest_ms FROM events WHERE seq > ? AND (routes & ?) != 0 ORDER BY seq LIMIT 1'),
       deadLetter: db.prepare('INSERT INTO dead_letters (uplink, seq, ingest_ms, reason, status, at_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      oldestDeadLetters: db.prepare('SELECT id, uplink, length(body) AS size FROM dead_letters ORDER BY id LIMIT ?'),
+      expiredDeadLetters: db.prepare('SELECT uplink, count(*) AS n FROM dead_letters WHERE ingest_ms < ? GROUP BY uplink'),
+      deleteExpiredDeadLetters: db.prepare('DELETE FROM dead_letters WHERE ingest_ms < ?'),
       setFloor: db.prepare("UPDATE meta SET value = ? WHERE key = 'floor_ms' AND CAST(value AS INTEGER) < ?"),
+      setSteps: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('clock_steps', ?)"),
     }
   }
 
@@ -189,8 +255,14 @@ class Writer {
         let slot = 0
         while (used.has(slot)) slot++
         used.add(slot)
-        // A new uplink starts at the newest event (DESIGN.md "Store").
-        db.prepare('INSERT INTO uplinks (name, slot, cursor, created_ms) VALUES (?, ?, ?, ?)').run(u.name, slot, lastSeq, nowMs)
+        if (u.startFrom === 'oldest') {
+          // Everything still in the store that its filter wants is routed to it too.
+          db.prepare('INSERT INTO uplinks (name, slot, cursor, created_ms) VALUES (?, ?, ?, ?)').run(u.name, slot, 0, nowMs)
+          this.routeExisting(slot, u)
+        } else {
+          // A new uplink starts at the newest event (DESIGN.md "Store").
+          db.prepare('INSERT INTO uplinks (name, slot, cursor, created_ms) VALUES (?, ?, ?, ?)').run(u.name, slot, lastSeq, nowMs)
+        }
       }
     })()
     if (removedUplinks.length > 0) this.deletePassed()
@@ -198,9 +270,9 @@ class Writer {
     this.uplinks.clear()
     const uplinks: UplinkState[] = []
     for (const r of rows) {
-      this.uplinks.set(r.slot, { name: r.name, cursor: r.cursor })
       const b = db.prepare('SELECT count(*) AS n, coalesce(sum(size), 0) AS bytes, min(ingest_ms) AS oldest FROM events WHERE seq > ? AND (routes & ?) != 0')
         .get(r.cursor, 2 ** r.slot) as { n: number, bytes: number, oldest: number | null }
+      this.uplinks.set(r.slot, { name: r.name, cursor: r.cursor, events: b.n, bytes: b.bytes, maxLag: wanted.find(w => w.name === r.name)?.maxLag })
       const dl = db.prepare('SELECT count(*) FROM dead_letters WHERE uplink = ?').pluck().get(r.name) as number
       uplinks.push({ name: r.name, slot: r.slot, cursor: r.cursor, backlogEvents: b.n, backlogBytes: b.bytes, oldestMs: b.oldest, deadLetters: dl })
     }
@@ -208,6 +280,29 @@ class Writer {
     const floorMs = Number(db.prepare("SELECT value FROM meta WHERE key = 'floor_ms'").pluck().get())
     this.persistedFloor = floorMs
     return { storeId, floorMs, lastSeq, uplinks, removedUplinks }
+  }
+
+  /** startFrom: oldest — sets the new uplink's bit on every stored event its filter matches. */
+  private routeExisting (slot: number, u: UplinkInit): void {
+    const bit = 2 ** slot
+    const f = u.filter
+    if (f === undefined || (f.types === undefined && f.subjects === undefined)) {
+      this.db.prepare('UPDATE events SET routes = routes | ?').run(bit)
+      return
+    }
+    const match = compileFilter(f)
+    const page = this.db.prepare('SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT 1000')
+    const set = this.db.prepare('UPDATE events SET routes = routes | ? WHERE seq = ?')
+    let after = 0
+    for (;;) {
+      const rows = page.all(after) as Array<{ seq: number, body: Uint8Array }>
+      if (rows.length === 0) break
+      for (const r of rows) {
+        const e = decodeEvent(r.body)
+        if (match(e.type, e.subject ?? '')) set.run(bit, r.seq)
+      }
+      after = rows[rows.length - 1]!.seq
+    }
   }
 
   /**
@@ -220,13 +315,16 @@ class Writer {
     this.rows -= this.db.prepare(`DELETE FROM events WHERE NOT (${pending.length === 0 ? '0' : pending.join(' OR ')})`).run().changes
   }
 
-  commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number): AppendResult[] {
-    const db = this.db
-    const s = this.stmts
-    const results: AppendResult[] = []
-    this.delta = { rows: 0, deadLetters: 0 }
-    db.exec('BEGIN IMMEDIATE')
-    try {
+  /** One transaction: cursor moves first (they free room), then the quota decision, inserts, dead letters. */
+  commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number): CommitResult {
+    const results: WriterAppendResult[] = []
+    this.transaction(() => {
+      const s = this.stmts
+      for (const a of acks) this.moveCursor(a.slot, a.seq)
+      this.workOffDeletes()
+      let incoming = 0
+      for (const a of appends) incoming += a.body.byteLength + ROW_OVERHEAD
+      const admit = this.makeRoom(incoming)
       const windowStart = nowMs - init.dedupWindowMs
       for (const a of appends) {
         if (a.dedupKey !== undefined && a.dedupCheck === true) {
@@ -236,38 +334,244 @@ class Writer {
             continue
           }
         }
+        if (!admit) {
+          results.push({ refused: 'GG_ERR_STORE_FULL' })
+          continue
+        }
         const seq = Number(s.insert.run(a.ingestMs, a.routes, a.body.byteLength, a.body).lastInsertRowid)
-        this.delta.rows++
+        if (a.routes === 0) {
+          // No uplink wants it: committed (and acknowledged) but nothing will ever forward it.
+          s.deleteOne.run(seq)
+        } else {
+          this.delta.rows++
+          for (const [slot, u] of this.uplinks) {
+            if ((a.routes & 2 ** slot) !== 0) { u.events++; u.bytes += a.body.byteLength }
+          }
+        }
         if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs)
         results.push({ seq, duplicate: false })
       }
       for (const d of deadLetters) {
         s.deadLetter.run(d.uplink, d.seq, d.ingestMs, d.reason, d.status, nowMs, d.body)
-        this.delta.deadLetters++
+        this.dlAdjust(d.uplink, 1)
       }
-      for (const a of acks) this.moveCursor(a.slot, a.seq)
-      this.workOffDeletes()
+      this.enforceLagBytes()
       // An index seek on dedup_at: next to nothing when no key has expired.
       s.dedupPrune.run(windowStart, 2 * appends.length + DEDUP_PRUNE_SLACK)
       const floorDue = floorMs - this.persistedFloor >= FLOOR_PERSIST_INTERVAL
       if (floorDue) s.setFloor.run(String(floorMs), floorMs)
       this.faultsBeforeCommit()
+      return () => { if (floorDue) this.persistedFloor = floorMs }
+    })
+    this.checkpointIfLarge()
+    return { results, state: this.state() }
+  }
+
+  /**
+   * Runs fn in a write transaction. On failure everything it did is undone, including the in-memory
+   * cursors and counters; SQLITE_FULL marks the disk full and applies store.whenFull.
+   */
+  private transaction (fn: () => (() => void) | void): void {
+    const db = this.db
+    this.delta = { rows: 0, deadLetters: 0 }
+    this.saved = new Map([...this.uplinks].map(([slot, u]) => [slot, { cursor: u.cursor, events: u.events, bytes: u.bytes }]))
+    const deleteWork = this.deleteWork.map(w => ({ ...w }))
+    const drops = this.drops.length
+    const dlDrops = this.deadLetterDrops.length
+    const dlByUplink = new Map(this.dlByUplink)
+    this.applyDiskFault()
+    db.exec('BEGIN IMMEDIATE')
+    try {
+      const after = fn()
       db.exec('COMMIT')
-      if (floorDue) this.persistedFloor = floorMs
       this.rows += this.delta.rows
       this.deadLetterRows += this.delta.deadLetters
+      if (typeof after === 'function') after()
     } catch (err) {
       if (db.inTransaction) db.exec('ROLLBACK')
-      // Cursor moves in a rolled-back transaction never happened: forget their delete work.
-      this.reloadCursors()
+      for (const [slot, v] of this.saved) {
+        const u = this.uplinks.get(slot)
+        if (u !== undefined) { u.cursor = v.cursor; u.events = v.events; u.bytes = v.bytes }
+      }
+      this.deleteWork = deleteWork
+      this.drops.length = drops
+      this.deadLetterDrops.length = dlDrops
+      this.dlByUplink = dlByUplink
+      if (isDiskFull(err)) this.onDiskFull()
       throw err
+    } finally {
+      this.saved = null
     }
-    return results
+  }
+
+  /** The disk (or max_page_count) is full: free the reserve so deletes and checkpoints still run. */
+  private onDiskFull (): void {
+    this.diskFull = true
+    this.full = true
+    try { fs.rmSync(this.reservePath, { force: true }) } catch {}
+    if (this.quota?.whenFull === 'drop-oldest') {
+      // Make room for the devices' retries now; the failed batch itself was not acknowledged.
+      try {
+        this.transaction(() => { this.dropOldest(Math.max(this.quota!.maxBytes / 100, 64 * 1024)) })
+      } catch {}
+    }
+  }
+
+  private ensureReserve (): void {
+    const want = this.quota?.reserveBytes ?? 0
+    if (want <= 0) return
+    try {
+      if (fs.statSync(this.reservePath).size >= want) return
+    } catch {}
+    try {
+      // Written, not truncated to size: a sparse file would reserve nothing.
+      const fd = fs.openSync(this.reservePath, 'w')
+      try {
+        const chunk = Buffer.alloc(Math.min(want, 1024 * 1024))
+        for (let done = 0; done < want; done += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, want - done))
+        fs.fsyncSync(fd)
+      } finally {
+        fs.closeSync(fd)
+      }
+    } catch {
+      try { fs.rmSync(this.reservePath, { force: true }) } catch {}
+    }
+  }
+
+  private applyDiskFault (): void {
+    if (faults === null) return
+    const on = Atomics.load(faults, FaultSlot.diskFull) === 1
+    if (on === this.diskFaultOn) return
+    this.diskFaultOn = on
+    if (on) this.db.pragma(`max_page_count = ${this.db.pragma('page_count', { simple: true }) as number}`)
+    else this.db.pragma(`max_page_count = ${this.maxPageCount}`)
+  }
+
+  /** Pages in use (not on the free list), in bytes. */
+  private usedPages (): number {
+    const pages = this.db.pragma('page_count', { simple: true }) as number
+    const free = this.db.pragma('freelist_count', { simple: true }) as number
+    return (pages - free) * this.pageSize
+  }
+
+  private walBytes (): number {
+    try { return fs.statSync(`${init.path}-wal`).size } catch { return 0 }
+  }
+
+  /**
+   * Whether `incoming` bytes of new events may be stored. The data may use maxBytes minus the WAL's
+   * share (walMaxBytes, kept by the checkpointer), so pages in use plus WAL stay under maxBytes.
+   * drop-oldest makes room by removing the oldest events; reject-new refuses.
+   */
+  private makeRoom (incoming: number): boolean {
+    const q = this.quota
+    if (q === undefined) return true
+    const budget = q.maxBytes - q.walMaxBytes
+    const over = this.usedPages() + incoming - budget
+    if (over <= 0 && !this.diskFull) {
+      this.full = false
+      return true
+    }
+    this.full = true
+    if (q.whenFull === 'reject-new') return false
+    // Free a little more than needed (1% of the quota) so the next commits do not each drop a few rows.
+    // On a full disk, free at least what comes in, so the file need not grow.
+    const freed = this.dropOldest(Math.max(over, incoming) + q.maxBytes / 100)
+    return freed > 0 || over <= 0
+  }
+
+  /** Removes the oldest events (then dead letters) totalling at least `need` bytes; counts drops per uplink. */
+  private dropOldest (need: number): number {
+    let freed = 0
+    let upTo = 0
+    const perSlot = new Map<number, number>()
+    while (freed < need) {
+      const rows = this.stmts.oldestRows.all(upTo, DROP_SCAN) as Array<{ seq: number, routes: number, size: number }>
+      if (rows.length === 0) break
+      for (const r of rows) {
+        freed += r.size + ROW_OVERHEAD
+        upTo = r.seq
+        for (const [slot, u] of this.uplinks) {
+          if ((r.routes & 2 ** slot) !== 0 && r.seq > u.cursor) {
+            perSlot.set(slot, (perSlot.get(slot) ?? 0) + 1)
+            u.events--
+            u.bytes -= r.size
+          }
+        }
+        if (freed >= need) break
+      }
+    }
+    if (upTo > 0) {
+      this.delta.rows -= this.stmts.deleteUpTo.run(upTo).changes
+      for (const [slot, u] of this.uplinks) {
+        if (u.cursor < upTo) { this.stmts.setCursor.run(upTo, slot, upTo); u.cursor = upTo }
+      }
+      for (const [slot, n] of perSlot) this.drops.push({ slot, reason: 'quota', events: n })
+    }
+    // Dead letters count toward the quota too: the oldest go once no event is left to drop.
+    while (freed < need) {
+      const rows = this.stmts.oldestDeadLetters.all(DROP_SCAN) as Array<{ id: number, uplink: string, size: number }>
+      if (rows.length === 0) break
+      const counts = new Map<string, number>()
+      let lastId = 0
+      for (const r of rows) {
+        freed += r.size + ROW_OVERHEAD
+        lastId = r.id
+        counts.set(r.uplink, (counts.get(r.uplink) ?? 0) + 1)
+        if (freed >= need) break
+      }
+      this.db.prepare('DELETE FROM dead_letters WHERE id <= ?').run(lastId)
+      for (const [uplink, count] of counts) {
+        this.dlAdjust(uplink, -count)
+        this.deadLetterDrops.push({ uplink, reason: 'quota', count })
+      }
+    }
+    return freed
+  }
+
+  /** maxLag.bytes: an uplink whose backlog passed it skips its oldest events (reason `lag`). */
+  private enforceLagBytes (): void {
+    for (const [slot, u] of this.uplinks) {
+      const limit = u.maxLag?.bytes
+      if (limit === undefined || u.bytes <= limit) continue
+      // Skip down to 90% of the limit, so this is not repeated for every commit.
+      const need = u.bytes - Math.floor(limit * 0.9)
+      let skipped = 0
+      let to = u.cursor
+      while (skipped < need) {
+        const rows = this.stmts.routedRows.all(to, 2 ** slot, DROP_SCAN) as Array<{ seq: number, size: number }>
+        if (rows.length === 0) break
+        for (const r of rows) {
+          skipped += r.size
+          to = r.seq
+          if (skipped >= need) break
+        }
+      }
+      this.skip(slot, to, 'lag')
+    }
+  }
+
+  private dlAdjust (uplink: string, n: number): void {
+    this.delta.deadLetters += n
+    this.dlByUplink.set(uplink, (this.dlByUplink.get(uplink) ?? 0) + n)
+  }
+
+  /** Moves an uplink's cursor to `to` because policy removed what lies below it; counted as drops. */
+  private skip (slot: number, to: number, reason: DropReason): void {
+    const u = this.uplinks.get(slot)
+    if (u === undefined || to <= u.cursor) return
+    const before = u.events
+    this.moveCursor(slot, to)
+    if (before - u.events > 0) this.drops.push({ slot, reason, events: before - u.events })
   }
 
   private moveCursor (slot: number, seq: number): void {
     const u = this.uplinks.get(slot)
     if (u === undefined || seq <= u.cursor) return
+    // Exact: rows of this uplink above its cursor are never deleted, so they are all still here.
+    const passed = this.stmts.rangeCount.get(u.cursor, seq, 2 ** slot) as { n: number, bytes: number }
+    u.events -= passed.n
+    u.bytes -= passed.bytes
     this.stmts.setCursor.run(seq, slot, seq)
     this.deleteWork.push({ lo: u.cursor, hi: seq })
     u.cursor = seq
@@ -297,13 +601,200 @@ class Writer {
     }
   }
 
-  private reloadCursors (): void {
-    this.deleteWork = []
-    const rows = this.db.prepare('SELECT slot, cursor FROM uplinks').all() as Array<{ slot: number, cursor: number }>
-    for (const r of rows) {
-      const u = this.uplinks.get(r.slot)
-      if (u !== undefined) u.cursor = r.cursor
+  /**
+   * Regular upkeep (about once a second): TTL, maxLag.age, the disk's free space and the reserve
+   * file, clock steps, and a checkpoint (PASSIVE; TRUNCATE past walMaxBytes).
+   */
+  maintain (nowMs: number, steps: ClockStep[]): MaintainResult {
+    const q = this.quota
+    let diskFree: number | null = null
+    try {
+      const st = fs.statfsSync(path.dirname(init.path))
+      diskFree = st.bavail * st.bsize
+    } catch {}
+    if (q !== undefined && diskFree !== null) {
+      const reserveMissing = q.reserveBytes > 0 && !fs.existsSync(this.reservePath)
+      if (diskFree < q.minFreeDisk) {
+        if (!this.diskFull) this.full = true
+        this.diskFull = true
+      } else if (this.diskFull && !this.diskFaultOn) {
+        // Space is back: re-create the reserve first, then admit again.
+        if (reserveMissing && diskFree >= q.minFreeDisk + q.reserveBytes) this.ensureReserve()
+        if (!(q.reserveBytes > 0 && !fs.existsSync(this.reservePath)) || diskFree >= q.minFreeDisk + q.reserveBytes) this.diskFull = false
+      } else if (reserveMissing && diskFree >= q.minFreeDisk + q.reserveBytes) {
+        this.ensureReserve()
+      }
     }
+    if (this.diskFaultOn && faults !== null && Atomics.load(faults, FaultSlot.diskFull) === 0) this.diskFull = false
+    const newSteps = steps.filter(s => s.deltaMs > 0)
+    try {
+      this.transaction(() => {
+        if (newSteps.length > 0) {
+          this.steps.push(...newSteps)
+          this.stmts.setSteps.run(JSON.stringify(this.steps))
+        }
+        if (q !== undefined && q.ttlMs > 0) this.expire(rawCutoff(nowMs - q.ttlMs, this.steps))
+        for (const [slot, u] of this.uplinks) {
+          const age = u.maxLag?.ageMs
+          if (age === undefined) continue
+          const cutoff = rawCutoff(nowMs - age, this.steps)
+          let to = u.cursor
+          for (;;) {
+            const rows = this.stmts.routedRows.all(to, 2 ** slot, DROP_SCAN) as Array<{ seq: number, ingestMs: number }>
+            const old = rows.filter(r => r.ingestMs < cutoff)
+            if (old.length > 0) to = old[old.length - 1]!.seq
+            if (old.length < rows.length || rows.length === 0) break
+          }
+          this.skip(slot, to, 'lag')
+        }
+        this.workOffDeletes()
+        if (q !== undefined && !this.diskFull && this.usedPages() <= q.maxBytes - q.walMaxBytes) this.full = false
+      })
+    } catch (err) {
+      if (!isDiskFull(err)) throw err
+    }
+    const checkpoint = this.checkpoint(this.walBytes() > (q?.walMaxBytes ?? Infinity) ? 'TRUNCATE' : 'PASSIVE')
+    const oldest = [...this.uplinks].map(([slot, u]) => ({
+      slot,
+      ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
+    }))
+    return { state: this.state(), oldest, checkpoint, diskFree }
+  }
+
+  /** TTL: events and dead letters stamped before `before` (clock steps already applied) are removed. */
+  private expire (before: number): void {
+    let upTo = 0
+    const perSlot = new Map<number, number>()
+    for (;;) {
+      const rows = this.stmts.oldestRows.all(upTo, DROP_SCAN) as Array<{ seq: number, ingestMs: number, routes: number, size: number }>
+      let fresh = false
+      for (const r of rows) {
+        if (r.ingestMs >= before) { fresh = true; break }
+        upTo = r.seq
+        for (const [slot, u] of this.uplinks) {
+          if ((r.routes & 2 ** slot) !== 0 && r.seq > u.cursor) {
+            perSlot.set(slot, (perSlot.get(slot) ?? 0) + 1)
+            u.events--
+            u.bytes -= r.size
+          }
+        }
+      }
+      if (fresh || rows.length < DROP_SCAN) break
+    }
+    if (upTo > 0) {
+      this.delta.rows -= this.stmts.deleteUpTo.run(upTo).changes
+      for (const [slot, u] of this.uplinks) {
+        if (u.cursor < upTo) { this.stmts.setCursor.run(upTo, slot, upTo); u.cursor = upTo }
+      }
+      for (const [slot, n] of perSlot) this.drops.push({ slot, reason: 'ttl', events: n })
+    }
+    const expired = this.stmts.expiredDeadLetters.all(before) as Array<{ uplink: string, n: number }>
+    if (expired.length > 0) {
+      this.stmts.deleteExpiredDeadLetters.run(before)
+      for (const e of expired) {
+        this.dlAdjust(e.uplink, -e.n)
+        this.deadLetterDrops.push({ uplink: e.uplink, reason: 'ttl', count: e.n })
+      }
+    }
+    // Steps older than every stored time stamp no longer matter.
+    const minIngest = Math.min(
+      (this.db.prepare('SELECT ingest_ms FROM events ORDER BY seq LIMIT 1').pluck().get() as number | undefined) ?? Infinity,
+      (this.db.prepare('SELECT min(ingest_ms) FROM dead_letters').pluck().get() as number | null) ?? Infinity,
+    )
+    const kept = this.steps.filter(s => s.beforeMs >= minIngest)
+    if (kept.length !== this.steps.length) {
+      this.steps = kept
+      this.stmts.setSteps.run(JSON.stringify(kept))
+    }
+  }
+
+  private checkpointIfLarge (): void {
+    const limit = this.quota?.walMaxBytes
+    if (limit !== undefined && this.walBytes() > limit) this.checkpoint('TRUNCATE')
+  }
+
+  private checkpoint (mode: 'PASSIVE' | 'TRUNCATE'): MaintainResult['checkpoint'] {
+    try {
+      const r = (this.db.pragma(`wal_checkpoint(${mode})`) as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
+      return { mode, ...r }
+    } catch (err) {
+      // SQLITE_BUSY: a reader holds an old snapshot; the next round tries again.
+      if (sqliteCode(err) === 'SQLITE_BUSY') return { mode, busy: 1, log: -1, checkpointed: -1 }
+      throw err
+    }
+  }
+
+  private state (): WriterState {
+    const drops = this.drops
+    const deadLetterDrops = this.deadLetterDrops
+    this.drops = []
+    this.deadLetterDrops = []
+    return {
+      uplinks: [...this.uplinks].map(([slot, u]) => ({ slot, cursor: u.cursor, events: u.events, bytes: u.bytes })),
+      drops,
+      deadLetterDrops,
+      full: this.full,
+      usedBytes: this.usedPages(),
+      walBytes: this.walBytes(),
+      deadLetters: this.deadLetterRows,
+      deadLettersByUplink: Object.fromEntries(this.dlByUplink),
+      events: this.rows,
+    }
+  }
+
+  dlqList (uplink: string | null, afterId: number, limit: number): DeadLetterRow[] {
+    return this.db.prepare(`SELECT id, uplink, seq, ingest_ms AS ingestMs, at_ms AS atMs, reason, status, body FROM dead_letters
+      WHERE id > ? ${uplink === null ? '' : 'AND uplink = ?'} ORDER BY id LIMIT ?`)
+      .all(...(uplink === null ? [afterId, limit] : [afterId, uplink, limit])) as DeadLetterRow[]
+  }
+
+  private dlqWhere (uplink: string | null, ids: number[] | null): { sql: string, args: unknown[] } {
+    const parts: string[] = []
+    const args: unknown[] = []
+    if (uplink !== null) { parts.push('uplink = ?'); args.push(uplink) }
+    if (ids !== null) { parts.push(`id IN (${ids.map(() => '?').join(',') || 'NULL'})`); args.push(...ids) }
+    return { sql: parts.length === 0 ? '' : `WHERE ${parts.join(' AND ')}`, args }
+  }
+
+  /**
+   * Re-appends dead letters as new events with their original body (and so their original `id`),
+   * routed to their own uplink only, with new sequences; they leave the dead letters in the same
+   * transaction. Dead letters of an uplink no longer configured stay where they are.
+   */
+  dlqReplay (uplink: string | null, ids: number[] | null, ingestMs: number): { replayed: number, skipped: number, lastSeq: number, state: WriterState } {
+    let lastSeq = 0
+    let replayed = 0
+    let skipped = 0
+    this.transaction(() => {
+      const w = this.dlqWhere(uplink, ids)
+      const rows = this.db.prepare(`SELECT id, uplink, body FROM dead_letters ${w.sql} ORDER BY id`).all(...w.args) as Array<{ id: number, uplink: string, body: Uint8Array }>
+      const del = this.db.prepare('DELETE FROM dead_letters WHERE id = ?')
+      for (const r of rows) {
+        const slot = [...this.uplinks].find(([, u]) => u.name === r.uplink)?.[0]
+        if (slot === undefined) { skipped++; continue }
+        this.stmts.insert.run(ingestMs, 2 ** slot, r.body.byteLength, r.body)
+        const u = this.uplinks.get(slot)!
+        u.events++
+        u.bytes += r.body.byteLength
+        lastSeq = Number(this.stmts.insertedSeq.get())
+        del.run(r.id)
+        this.delta.rows++
+        this.dlAdjust(r.uplink, -1)
+        replayed++
+      }
+    })
+    return { replayed, skipped, lastSeq, state: this.state() }
+  }
+
+  dlqPurge (uplink: string | null, ids: number[] | null): { purged: number, state: WriterState } {
+    let purged = 0
+    this.transaction(() => {
+      const w = this.dlqWhere(uplink, ids)
+      const counts = this.db.prepare(`SELECT uplink, count(*) AS n FROM dead_letters ${w.sql} GROUP BY uplink`).all(...w.args) as Array<{ uplink: string, n: number }>
+      purged = this.db.prepare(`DELETE FROM dead_letters ${w.sql}`).run(...w.args).changes
+      for (const c of counts) this.dlAdjust(c.uplink, -c.n)
+    })
+    return { purged, state: this.state() }
   }
 
   private faultsBeforeCommit (): void {
@@ -325,32 +816,42 @@ class Writer {
       this.db.pragma(`max_page_count = ${pages}`)
       try {
         this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(`fault-${Date.now()}`, 'x'.repeat(64 * 1024))
-        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' })
+        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL', injected: true })
       } finally {
-        this.db.pragma(`max_page_count = ${this.maxPageCount}`)
+        this.db.pragma(`max_page_count = ${this.diskFaultOn ? pages : this.maxPageCount}`)
       }
     }
   }
 
   stats (): StatsResult {
     const db = this.db
-    let walBytes = 0
-    try { walBytes = fs.statSync(`${init.path}-wal`).size } catch {}
     return {
       events: this.rows,
       deadLetters: this.deadLetterRows,
       pageCount: db.pragma('page_count', { simple: true }) as number,
-      pageSize: db.pragma('page_size', { simple: true }) as number,
+      pageSize: this.pageSize,
       freelist: db.pragma('freelist_count', { simple: true }) as number,
-      walBytes,
+      walBytes: this.walBytes(),
+      usedBytes: this.usedPages(),
+      maxBytes: this.quota?.maxBytes ?? null,
+      full: this.full,
     }
   }
 
   close (clean: boolean, floorMs: number): void {
     if (floorMs > 0) this.stmts.setFloor.run(String(floorMs), floorMs)
     if (clean) this.db.prepare("UPDATE meta SET value = '1' WHERE key = 'clean'").run()
+    // A clean stop leaves no WAL behind.
+    try { this.db.pragma('wal_checkpoint(TRUNCATE)') } catch {}
     this.db.close()
   }
+}
+
+function isDiskFull (err: unknown): boolean {
+  const code = sqliteCode(err)
+  // The injected commit failure is not a full disk: it must not change the store's state.
+  if ((err as { injected?: boolean }).injected === true) return false
+  return code === 'SQLITE_FULL' || code === 'SQLITE_IOERR_WRITE' || (err as NodeJS.ErrnoException).code === 'ENOSPC'
 }
 
 /** Moves a corrupt database, with its -wal and -shm, into corrupt-<time>/ next to it. */
@@ -414,9 +915,20 @@ function handle (req: Request): unknown {
     }
     case 'commit': {
       if (writer === null) throw new Error('commit on a reader')
-      const results = writer.commit(req.appends, req.acks, req.deadLetters, req.floorMs, req.nowMs)
-      return results
+      return writer.commit(req.appends, req.acks, req.deadLetters, req.floorMs, req.nowMs)
     }
+    case 'maintain':
+      if (writer === null) throw new Error('maintain on a reader')
+      return writer.maintain(req.nowMs, req.steps)
+    case 'dlqList':
+      if (writer === null) throw new Error('dlqList on a reader')
+      return writer.dlqList(req.uplink, req.afterId, req.limit)
+    case 'dlqReplay':
+      if (writer === null) throw new Error('dlqReplay on a reader')
+      return writer.dlqReplay(req.uplink, req.ids, req.ingestMs)
+    case 'dlqPurge':
+      if (writer === null) throw new Error('dlqPurge on a reader')
+      return writer.dlqPurge(req.uplink, req.ids)
     case 'readPage':
       if (reader === null) throw new Error('readPage before init on a reader')
       return reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)

@@ -8,10 +8,12 @@ import { WorkerClient } from './worker-client.js'
 import {
   FAULT_SLOTS, FaultSlot,
   type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
-  type StoredRow, type StatsResult, type UplinkState,
+  type StoredRow, type StatsResult, type UplinkState, type UplinkInit, type QuotaInit, type ClockStep,
+  type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
 } from './protocol.js'
+import { Router } from './route.js'
 
-export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem }
+export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
 
 export interface StoreOptions {
   dataDir: string
@@ -19,7 +21,14 @@ export interface StoreOptions {
   dedupWindowMs: number
   /** Extra wait before a commit starts, to trade latency for fewer writes (0 = none). */
   commitDelayMs: number
-  uplinks: readonly string[]
+  /** The configured uplinks (a bare name = no filter, startFrom newest, no maxLag). */
+  uplinks: ReadonlyArray<UplinkInit | string>
+  /** Quota, TTL and WAL limits; absent = unbounded (tests of other parts). */
+  quota?: QuotaInit
+  /** Clock steps seen since the last call (DESIGN.md: a forward step must not expire fresh events). */
+  takeClockSteps?: () => ClockStep[]
+  /** How often TTL, lag age, free disk and the checkpointer run (ms). */
+  maintainIntervalMs?: number
   /** Highest wall time used so far, persisted with every commit (DESIGN.md clock floor). */
   floorMs: () => number
   now: () => number
@@ -40,6 +49,13 @@ function commitErrorCode (sqliteCode: string | undefined): 'GG_ERR_STORE_FULL' |
   return 'GG_ERR_STORE_COMMIT'
 }
 
+/** An append refused because the store is full under reject-new (not a failed commit): worth waiting for space. */
+export class StoreFullError extends GridgateError {
+  constructor () {
+    super('GG_ERR_STORE_FULL', 'the store is full (store.whenFull: reject-new); the event was not stored')
+  }
+}
+
 interface Pending { item: AppendItem, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
 
 export interface UplinkCounters {
@@ -49,9 +65,27 @@ export interface UplinkCounters {
   backlogBytes: number
   deadLetters: number
   cursor: number
+  /** Ingest time of the oldest waiting event, as of the last maintenance round. */
+  oldestMs: number | null
+  /** Events removed by policy since start, by reason. */
+  dropped: Record<DropReason, number>
+  /** Dead letters removed by policy since start. */
+  deadLettersDropped: number
 }
 
-export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [ready: boolean], fatal: [err: Error] }> {
+export interface StoreEvents {
+  appended: [lastSeq: number]
+  ready: [ready: boolean]
+  fatal: [err: Error]
+  /** Policy moved an uplink's cursor (drop-oldest, TTL, maxLag): its forwarder skips to it. */
+  skipped: [slot: number, cursor: number]
+  dropped: [uplink: string, reason: DropReason, events: number]
+  /** The store admits new events again after having been full. */
+  space: []
+  full: []
+}
+
+export class Store extends EventEmitter<StoreEvents> {
   readonly file: string
   info!: InitResult
   readonly uplinks = new Map<string, UplinkCounters>()
@@ -69,28 +103,107 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
   readonly faults: SharedArrayBuffer | null
   lastSeq = 0
   commits = 0
+  /** True while new events are refused (reject-new) or admitted only by dropping the oldest. */
+  full = false
+  usedBytes = 0
+  walBytes = 0
+  lastCheckpoint: MaintainResult['checkpoint'] = null
+  diskFree: number | null = null
+  private maintainTimer: NodeJS.Timeout | null = null
+  private maintaining = false
+  private router!: Router
+
+  private readonly uplinkInits: UplinkInit[]
 
   constructor (private readonly opts: StoreOptions) {
     super()
+    this.uplinkInits = opts.uplinks.map(u => typeof u === 'string' ? { name: u } : u)
     this.file = path.join(opts.dataDir, STORE_FILE)
     this.faults = opts.faults ? new SharedArrayBuffer(FAULT_SLOTS * 4) : null
   }
 
   get ready (): boolean { return this._ready }
 
-  /** Every configured uplink's bit: the routes of an event that no filter narrows (set once at open). */
-  routesAll = 0
+  /** The routes mask of an event (DESIGN.md: routing is decided at ingest, by each uplink's filter). */
+  route (type: string, subject: string): number {
+    return this.router.mask(type, subject)
+  }
+
+  /** Every configured uplink's bit: the routes of an event that every uplink wants. */
+  get routesAll (): number {
+    let m = 0
+    for (const u of this.uplinks.values()) m += 2 ** u.slot
+    return m
+  }
 
   async open (): Promise<InitResult> {
     this.info = await this.startWriter()
     for (const u of this.info.uplinks) {
-      this.uplinks.set(u.name, { name: u.name, slot: u.slot, backlogEvents: u.backlogEvents, backlogBytes: u.backlogBytes, deadLetters: u.deadLetters, cursor: u.cursor })
+      this.uplinks.set(u.name, {
+        name: u.name, slot: u.slot, backlogEvents: u.backlogEvents, backlogBytes: u.backlogBytes, deadLetters: u.deadLetters,
+        cursor: u.cursor, oldestMs: u.oldestMs, dropped: { quota: 0, ttl: 0, lag: 0 }, deadLettersDropped: 0,
+      })
     }
-    for (const u of this.uplinks.values()) this.routesAll |= 2 ** u.slot
+    this.router = new Router([...this.uplinks.values()].map(u => ({ slot: u.slot, filter: this.uplinkInits.find(x => x.name === u.name)?.filter })))
     this.lastSeq = this.info.lastSeq
     await this.startReader()
     this.setReady(true)
+    const every = this.opts.maintainIntervalMs ?? 1000
+    this.maintainTimer = setInterval(() => { void this.maintain() }, every)
+    this.maintainTimer.unref()
     return this.info
+  }
+
+  /** One maintenance round in the writer (TTL, lag age, free disk, reserve, checkpoint). */
+  async maintain (): Promise<void> {
+    if (this.maintaining || !this._ready || this.closing) return
+    this.maintaining = true
+    try {
+      const r = await this.writer.request<MaintainResult>({ op: 'maintain', nowMs: this.opts.now(), steps: this.opts.takeClockSteps?.() ?? [] })
+      for (const o of r.oldest) {
+        const u = this.uplinkBySlot(o.slot)
+        if (u !== undefined) u.oldestMs = o.ingestMs
+      }
+      this.lastCheckpoint = r.checkpoint
+      this.diskFree = r.diskFree
+      this.applyState(r.state)
+      // Cursor moves and dead letters may be waiting for a commit that nothing else triggers.
+      this.schedule()
+    } catch (err) {
+      if (!this.closing && this.writer.alive) this.opts.log.warn({ err: (err as Error).message }, 'store maintenance failed; retrying next round')
+    } finally {
+      this.maintaining = false
+    }
+  }
+
+  /** Mirrors the writer's counters (the writer is the authority) and reports drops and skips. */
+  private applyState (st: WriterState): void {
+    for (const c of st.uplinks) {
+      const u = this.uplinkBySlot(c.slot)
+      if (u === undefined) continue
+      const skipped = c.cursor > u.cursor
+      u.backlogEvents = c.events
+      u.backlogBytes = c.bytes
+      u.cursor = Math.max(u.cursor, c.cursor)
+      if (skipped) this.emit('skipped', c.slot, c.cursor)
+    }
+    for (const d of st.drops) {
+      const u = this.uplinkBySlot(d.slot)
+      if (u === undefined) continue
+      u.dropped[d.reason] += d.events
+      this.emit('dropped', u.name, d.reason, d.events)
+    }
+    for (const d of st.deadLetterDrops) {
+      const u = this.uplinks.get(d.uplink)
+      if (u !== undefined) u.deadLettersDropped += d.count
+    }
+    for (const u of this.uplinks.values()) u.deadLetters = st.deadLettersByUplink[u.name] ?? 0
+    this.usedBytes = st.usedBytes
+    this.walBytes = st.walBytes
+    if (st.full !== this.full) {
+      this.full = st.full
+      this.emit(st.full ? 'full' : 'space')
+    }
   }
 
   private async startReader (): Promise<void> {
@@ -100,10 +213,10 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
   }
 
   private async startWriter (): Promise<InitResult> {
-    const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults })
+    const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults, ...(this.opts.quota === undefined ? {} : { quota: this.opts.quota }) })
     this.writer = writer
     try {
-      const info = await writer.request<InitResult>({ op: 'init', uplinks: this.opts.uplinks.map(name => ({ name })), nowMs: this.opts.now() })
+      const info = await writer.request<InitResult>({ op: 'init', uplinks: this.uplinkInits, nowMs: this.opts.now() })
       writer.on('exit', (code) => this.onWriterExit(code))
       return info
     } catch (err) {
@@ -157,21 +270,21 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
     })
   }
 
-  /** Moves an uplink's cursor; durable with the next commit. */
+  /**
+   * Moves an uplink's cursor; durable with the next commit, whose reply brings the writer's exact
+   * backlog counters (events/bytes are only a prompt estimate until then).
+   */
   ack (slot: number, seq: number, events: number, bytes: number): Promise<void> {
     const u = this.uplinkBySlot(slot)
-    if (u !== undefined) {
+    if (u !== undefined && seq > u.cursor) {
       u.backlogEvents = Math.max(0, u.backlogEvents - events)
       u.backlogBytes = Math.max(0, u.backlogBytes - bytes)
-      u.cursor = Math.max(u.cursor, seq)
     }
     this.acks.push({ slot, seq })
     return this.waitCommit()
   }
 
   deadLetter (item: DeadLetterItem): Promise<void> {
-    const u = this.uplinks.get(item.uplink)
-    if (u !== undefined) u.deadLetters++
     this.deadLetters.push(item)
     return this.waitCommit()
   }
@@ -217,25 +330,27 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
     this.ackWaiters = []
     this.committing = true
     const writer = this.writer
-    writer.request<AppendResult[]>({
+    writer.request<CommitResult>({
       op: 'commit',
       appends: batch.map(p => p.item),
       acks,
       deadLetters,
       floorMs: this.opts.floorMs(),
       nowMs: this.opts.now(),
-    }).then((results) => {
+    }).then(({ results, state }) => {
       this.commits++
       let last = this.lastSeq
       for (let i = 0; i < batch.length; i++) {
         const r = results[i]!
         const p = batch[i]!
-        if (!r.duplicate) {
-          last = Math.max(last, r.seq)
-          this.count(p.item)
+        if ('refused' in r) {
+          p.reject(new StoreFullError())
+          continue
         }
+        if (!r.duplicate) last = Math.max(last, r.seq)
         p.resolve(r)
       }
+      this.applyState(state)
       for (const w of waiters) w.resolve()
       this.committing = false
       if (last > this.lastSeq) {
@@ -260,16 +375,6 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
     })
   }
 
-  private count (item: AppendItem): void {
-    if (item.routes === 0) return
-    for (const u of this.uplinks.values()) {
-      if ((item.routes & 2 ** u.slot) !== 0) {
-        u.backlogEvents++
-        u.backlogBytes += item.body.byteLength
-      }
-    }
-  }
-
   /**
    * Rows routed to the uplink in (after, lastSeq], in order. Bounded by the last sequence whose
    * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
@@ -284,6 +389,28 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
 
   stats (): Promise<StatsResult> {
     return this.writer.request<StatsResult>({ op: 'stats' })
+  }
+
+  /** Dead letters in id order, optionally of one uplink. */
+  listDeadLetters (uplink: string | null, afterId = 0, limit = 100): Promise<DeadLetterRow[]> {
+    return this.writer.request<DeadLetterRow[]>({ op: 'dlqList', uplink, afterId, limit })
+  }
+
+  /** Re-appends dead letters (original body and id, new sequence) for their own uplink only. */
+  async replayDeadLetters (uplink: string | null, ids: number[] | null = null): Promise<{ replayed: number, skipped: number }> {
+    const r = await this.writer.request<{ replayed: number, skipped: number, lastSeq: number, state: WriterState }>({ op: 'dlqReplay', uplink, ids, ingestMs: this.opts.now() })
+    this.applyState(r.state)
+    if (r.lastSeq > this.lastSeq) {
+      this.lastSeq = r.lastSeq
+      this.emit('appended', r.lastSeq)
+    }
+    return { replayed: r.replayed, skipped: r.skipped }
+  }
+
+  async purgeDeadLetters (uplink: string | null, ids: number[] | null = null): Promise<{ purged: number }> {
+    const r = await this.writer.request<{ purged: number, state: WriterState }>({ op: 'dlqPurge', uplink, ids })
+    this.applyState(r.state)
+    return { purged: r.purged }
   }
 
   /** Test-only: ends the reader thread, as a crash in it would. */
@@ -315,6 +442,7 @@ export class Store extends EventEmitter<{ appended: [lastSeq: number], ready: [r
       })
     }
     this.closing = true
+    if (this.maintainTimer !== null) clearInterval(this.maintainTimer)
     this.setReady(false)
     try {
       if (this.writer.alive) await this.writer.request({ op: 'close', clean: true, floorMs: this.opts.floorMs() })

@@ -21,6 +21,8 @@ export interface MqttAdapterOptions {
   ingest: Ingest
   metrics: Metrics
   log: Logger
+  /** store.rejectWait: how long an MQTT 3.1.1 ack may be withheld while the store is full. */
+  rejectWaitMs?: number
 }
 
 export interface DeviceAdapter {
@@ -163,6 +165,10 @@ export class MqttAdapter implements DeviceAdapter {
       // Retransmissions: (broker client id, packet id, payload) within store.dedupWindow.
       dedupKey: packet.qos > 0 ? dedupKey('mqtt', client.id, packet.messageId ?? 0, payload) : undefined,
       dedupCheck: packet.qos === 2 || packet.dup === true,
+      // MQTT 3.1.1 cannot refuse one publish: while the store is full the ack is withheld up to
+      // store.rejectWait, then the connection is closed without it. MQTT 5 answers 0x97 at once.
+      fullWaitMs: !v5 && packet.qos > 0 ? (this.o.rejectWaitMs ?? 10_000) : 0,
+      abandoned: () => (client as unknown as { closed?: boolean }).closed === true,
     })
     this.inflight.add(p)
     p.then(() => {
@@ -171,6 +177,11 @@ export class MqttAdapter implements DeviceAdapter {
     }, (err: unknown) => {
       this.inflight.delete(p)
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
+      if (packet.qos === 0 && isGridgateError(err, 'GG_ERR_STORE_FULL')) {
+        // QoS 0 has no ack to withhold: the message is dropped (counted), the connection stays.
+        this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'dropped' })
+        return done()
+      }
       // MQTT 3.1.1: the error closes the connection without an ack. MQTT 5: the reason code goes
       // into PUBACK/PUBREC (patches/aedes+2.0.0-beta.1.patch).
       done(Object.assign(err as Error, { reasonCode: reasonCodeFor(err) }))

@@ -67,7 +67,18 @@ test('without a file every key takes its default', () => {
     admin: { host: '127.0.0.1', port: 9080 },
     auth: { allowAnonymous: false },
     devices: [],
-    store: { sync: 'full', dedupWindow: 120_000, commitDelay: 0 },
+    store: {
+      maxBytes: 1024 ** 3,
+      minFreeDisk: 64 * 1024 ** 2,
+      ttl: 7 * 86_400_000,
+      whenFull: 'drop-oldest',
+      rejectWait: 10_000,
+      walMaxBytes: 64 * 1024 ** 2,
+      reserveBytes: 8 * 1024 ** 2,
+      sync: 'full',
+      dedupWindow: 120_000,
+      commitDelay: 0,
+    },
     uplinks: [],
   })
 })
@@ -102,6 +113,7 @@ ${CLOUD}`)
     batchMaxDelay: 20,
     timeout: 10_000,
     retry: { initialDelay: 100, maxDelay: 30_000 },
+    startFrom: 'newest',
   })
 })
 
@@ -400,13 +412,17 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_MQTT_ENABLED', 'GRIDGATE_MQTT_HOST', 'GRIDGATE_MQTT_PORT', 'GRIDGATE_MQTT_MAX_PACKET_SIZE',
     'GRIDGATE_ADMIN_HOST', 'GRIDGATE_ADMIN_PORT', 'GRIDGATE_AUTH_ALLOW_ANONYMOUS',
     'GRIDGATE_STORE_SYNC', 'GRIDGATE_STORE_DEDUP_WINDOW', 'GRIDGATE_STORE_COMMIT_DELAY',
+    'GRIDGATE_STORE_MAX_BYTES', 'GRIDGATE_STORE_MIN_FREE_DISK', 'GRIDGATE_STORE_TTL', 'GRIDGATE_STORE_WHEN_FULL',
+    'GRIDGATE_STORE_REJECT_WAIT', 'GRIDGATE_STORE_WAL_MAX_BYTES', 'GRIDGATE_STORE_RESERVE_BYTES',
+    'GRIDGATE_UPLINKS_CLOUD_FILTER_TYPES', 'GRIDGATE_UPLINKS_CLOUD_FILTER_SUBJECTS', 'GRIDGATE_UPLINKS_CLOUD_MAX_LAG_BYTES',
+    'GRIDGATE_UPLINKS_CLOUD_MAX_LAG_AGE', 'GRIDGATE_UPLINKS_CLOUD_START_FROM',
     'GRIDGATE_DEVICES_SENSOR_1_TOKEN', 'GRIDGATE_DEVICES_SENSOR_1_TOKEN_HASH', 'GRIDGATE_DEVICES_SENSOR_1_PUBLISH',
     'GRIDGATE_DEVICES_SENSOR_1_SUBSCRIBE', 'GRIDGATE_DEVICES_SENSOR_1_ENABLED',
     'GRIDGATE_UPLINKS_CLOUD_URL', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_EVENTS', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_BYTES',
     'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_DELAY', 'GRIDGATE_UPLINKS_CLOUD_TIMEOUT',
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 26, names.join(' '))
+  assert.equal(names.length, 38, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
