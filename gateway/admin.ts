@@ -5,6 +5,7 @@ import type { Forwarder } from '../store-forward/forwarder.js'
 import type { Metrics } from './metrics.js'
 import { GridgateError } from './errors.js'
 import type { FaultSlot } from '../store-forward/protocol.js'
+import { listDeadLetters } from '../store-forward/dead-letters.js'
 
 export interface AdminDeps {
   store: Store
@@ -67,12 +68,40 @@ export function createAdmin (deps: AdminDeps): FastifyInstance {
     ...(await deps.store.stats()),
   }))
 
+  // Dead letters: list, replay (original id, new sequence, own uplink only), purge.
+  const selector = (uplink: unknown, ids: unknown): { uplink: string | null, ids: number[] | null } => {
+    if (uplink !== undefined && uplink !== null && (typeof uplink !== 'string' || !deps.store.uplinks.has(uplink))) {
+      throw Object.assign(new GridgateError('GG_ERR_USAGE', `no uplink ${JSON.stringify(uplink)}; configured: ${[...deps.store.uplinks.keys()].join(', ')}`), { statusCode: 400 })
+    }
+    if (ids !== undefined && ids !== null && (!Array.isArray(ids) || !ids.every(i => Number.isSafeInteger(i) && i > 0))) {
+      throw Object.assign(new GridgateError('GG_ERR_USAGE', 'ids must be a list of dead-letter ids'), { statusCode: 400 })
+    }
+    return { uplink: (uplink as string | undefined) ?? null, ids: (ids as number[] | undefined) ?? null }
+  }
+  app.get<{ Querystring: { uplink?: string, after?: string, limit?: string } }>('/api/v1/dead-letters', async (req) => {
+    const { uplink } = selector(req.query.uplink, undefined)
+    const after = Number(req.query.after ?? 0)
+    const limit = Number(req.query.limit ?? 100)
+    if (!Number.isSafeInteger(after) || after < 0 || !Number.isSafeInteger(limit) || limit < 1) {
+      throw Object.assign(new GridgateError('GG_ERR_USAGE', 'after and limit must be non-negative integers'), { statusCode: 400 })
+    }
+    return listDeadLetters(deps.store, uplink, after, limit)
+  })
+  app.post<{ Body: { uplink?: string, ids?: number[] } | null }>('/api/v1/dead-letters/replay', async (req) => {
+    const s = selector(req.body?.uplink, req.body?.ids)
+    return deps.store.replayDeadLetters(s.uplink, s.ids)
+  })
+  app.post<{ Body: { uplink?: string, ids?: number[] } | null }>('/api/v1/dead-letters/purge', async (req) => {
+    const s = selector(req.body?.uplink, req.body?.ids)
+    return deps.store.purgeDeadLetters(s.uplink, s.ids)
+  })
+
   if (deps.faults) {
     // Test-only fault switches; this route exists only when GRIDGATE_TEST_FAULTS=1 under NODE_ENV=test.
     app.post<{ Body: Partial<Record<keyof typeof FaultSlot, number>> }>('/api/v1/test/faults', async (req) => {
       const body = req.body ?? {}
       for (const [k, v] of Object.entries(body)) {
-        if (!['holdBeforeCommit', 'failCommits', 'killWriter'].includes(k) || typeof v !== 'number') {
+        if (!['holdBeforeCommit', 'failCommits', 'killWriter', 'diskFull'].includes(k) || typeof v !== 'number') {
           throw Object.assign(new GridgateError('GG_ERR_USAGE', `unknown fault ${k}`), { statusCode: 400 })
         }
         deps.store.fault(k as keyof typeof FaultSlot, v)

@@ -7,6 +7,7 @@ import { loadConfig, renderConfig } from '../config/load.js'
 import { GridgateError, isGridgateError } from './errors.js'
 import { generateToken, hashToken } from './identity.js'
 import { Gateway } from './gateway.js'
+import { runDlq } from './dlq.js'
 
 const HELP = `gridgate — edge gateway: MQTT devices in, durable SQLite store, CloudEvents out
 
@@ -15,6 +16,10 @@ Usage:
   gridgate check-config --config FILE      validate FILE with GRIDGATE_* overrides; print the effective config
   gridgate hash-token [TOKEN]              print a tokenHash for devices[].tokenHash (TOKEN from the argument,
                                            from stdin when piped, or a new random token printed with its hash)
+  gridgate dlq list|replay|purge --config FILE [--uplink NAME] [--id N ...] [--limit N] [--after ID]
+                                           dead letters: list them (JSON), replay them (original event id,
+                                           new sequence, own uplink only) or purge them; through the running
+                                           gateway (its data dir's socket) or directly when it is stopped
   gridgate --help | --version
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 130 second signal during shutdown.
@@ -57,6 +62,10 @@ async function main (argv: string[]): Promise<void> {
         config: { type: 'string', short: 'c' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
+        uplink: { type: 'string' },
+        id: { type: 'string', multiple: true },
+        limit: { type: 'string' },
+        after: { type: 'string' },
       },
     })
   } catch (err) {
@@ -86,6 +95,27 @@ async function main (argv: string[]): Promise<void> {
       if (token === undefined || token === '') { token = generateToken(); generated = true }
       const hash = await hashToken(token)
       process.stdout.write(generated ? `token: ${token}\ntokenHash: ${hash}\n` : `${hash}\n`)
+      return
+    }
+    case 'dlq': {
+      const action = rest[0]
+      if (action !== 'list' && action !== 'replay' && action !== 'purge') fail(new GridgateError('GG_ERR_USAGE', `dlq needs list, replay or purge, got ${action ?? 'nothing'}`), 2)
+      const int = (v: string | undefined, name: string, def: number): number => {
+        if (v === undefined) return def
+        const n = Number(v)
+        if (!Number.isSafeInteger(n) || n < 0) fail(new GridgateError('GG_ERR_USAGE', `--${name} needs a non-negative integer, got ${v}`), 2)
+        return n
+      }
+      const config = loadConfig({ ...(values.config === undefined ? {} : { path: values.config }), env: process.env })
+      const { via, result } = await runDlq(config, {
+        action,
+        uplink: values.uplink ?? null,
+        ids: values.id === undefined ? null : values.id.map(v => int(v, 'id', 0)),
+        limit: int(values.limit, 'limit', 100),
+        after: int(values.after, 'after', 0),
+      })
+      if (action === 'list') process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+      else process.stdout.write(`${JSON.stringify({ ...result, via })}\n`)
       return
     }
     default:

@@ -15,7 +15,7 @@ import { defaultDecoders } from './decoders/index.js'
 import { DeviceRegistry } from './identity.js'
 import { Ingest } from './ingest.js'
 import { createAdmin, uplinkReport } from './admin.js'
-import { Store } from '../store-forward/store.js'
+import { Store, type StoreOptions } from '../store-forward/store.js'
 import { Forwarder } from '../store-forward/forwarder.js'
 import type { Sink } from '../store-forward/sink.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
@@ -27,6 +27,8 @@ export interface GatewayOptions {
   faults?: boolean
   /** The wall clock (ms since the epoch); Date.now by default. A seam for clock-step tests. */
   wallClock?: () => number
+  /** The monotonic clock (ms); performance.now by default. Moves with wallClock in tests where time passes. */
+  monoClock?: () => number
   /** How often the store's maintenance (TTL, lag age, free disk, checkpoint) runs; 1 s by default. */
   maintainIntervalMs?: number
 }
@@ -38,6 +40,30 @@ const sinkFactories: { [K in UplinkConfig['type']]: (u: Extract<UplinkConfig, { 
 
 function createSink (u: UplinkConfig): Sink {
   return sinkFactories[u.type](u)
+}
+
+/** The store's options that come from the config (shared with `gridgate dlq` on a stopped gateway). */
+export function storeOptions (c: Config): Pick<StoreOptions, 'dataDir' | 'sync' | 'dedupWindowMs' | 'commitDelayMs' | 'uplinks' | 'quota'> {
+  return {
+    dataDir: c.gateway.dataDir,
+    sync: c.store.sync,
+    dedupWindowMs: c.store.dedupWindow,
+    commitDelayMs: c.store.commitDelay,
+    uplinks: c.uplinks.map(u => ({
+      name: u.name,
+      startFrom: u.startFrom,
+      filter: u.filter,
+      maxLag: u.maxLag === undefined ? undefined : { bytes: u.maxLag.bytes, ageMs: u.maxLag.age },
+    })),
+    quota: {
+      maxBytes: c.store.maxBytes,
+      walMaxBytes: c.store.walMaxBytes,
+      minFreeDisk: c.store.minFreeDisk,
+      reserveBytes: c.store.reserveBytes,
+      whenFull: c.store.whenFull,
+      ttlMs: c.store.ttl,
+    },
+  }
 }
 
 export class Gateway {
@@ -90,24 +116,7 @@ export class Gateway {
   private async startInner (): Promise<void> {
     const c = this.config
     this.store = new Store({
-      dataDir: c.gateway.dataDir,
-      sync: c.store.sync,
-      dedupWindowMs: c.store.dedupWindow,
-      commitDelayMs: c.store.commitDelay,
-      uplinks: c.uplinks.map(u => ({
-        name: u.name,
-        startFrom: u.startFrom,
-        filter: u.filter,
-        maxLag: u.maxLag === undefined ? undefined : { bytes: u.maxLag.bytes, ageMs: u.maxLag.age },
-      })),
-      quota: {
-        maxBytes: c.store.maxBytes,
-        walMaxBytes: c.store.walMaxBytes,
-        minFreeDisk: c.store.minFreeDisk,
-        reserveBytes: c.store.reserveBytes,
-        whenFull: c.store.whenFull,
-        ttlMs: c.store.ttl,
-      },
+      ...storeOptions(c),
       takeClockSteps: () => this.clock?.takeSteps() ?? [],
       ...(this.opts.maintainIntervalMs === undefined ? {} : { maintainIntervalMs: this.opts.maintainIntervalMs }),
       floorMs: () => this.clock?.floorMs ?? 0,
@@ -116,7 +125,11 @@ export class Gateway {
       faults: this.opts.faults === true,
     })
     const info = await this.store.open()
-    this.clock = new Clock({ floorMs: info.floorMs, ...(this.opts.wallClock === undefined ? {} : { wall: this.opts.wallClock }) })
+    this.clock = new Clock({
+      floorMs: info.floorMs,
+      ...(this.opts.wallClock === undefined ? {} : { wall: this.opts.wallClock }),
+      ...(this.opts.monoClock === undefined ? {} : { mono: this.opts.monoClock }),
+    })
     if (info.movedAside !== null) {
       this.log.error({ code: 'GG_ERR_STORE_CORRUPT', movedTo: info.movedAside, storeId: info.storeId }, 'the store was corrupt; it was moved aside and a new store created')
     }
@@ -177,6 +190,10 @@ export class Gateway {
     } catch (err) {
       throw new GridgateError('GG_ERR_PORT_IN_USE', `admin API cannot listen on ${c.admin.host}:${c.admin.port}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
     }
+    // The lock socket in the data dir serves the admin API too: local CLI commands (gridgate dlq)
+    // find the running gateway there without knowing its admin port.
+    const adminServer = this.admin.server
+    this.lock?.serve((socket) => adminServer.emit('connection', socket))
 
     const registry = new DeviceRegistry(c.devices)
     const ingest = new Ingest({

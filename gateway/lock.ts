@@ -10,6 +10,8 @@ export const LOCK_SOCKET = 'gridgate.sock'
 
 export interface DataDirLock {
   readonly path: string
+  /** Connections to the lock socket go here (the admin API, for local CLI commands); closed by default. */
+  serve (handler: (socket: net.Socket) => void): void
   release (): Promise<void>
 }
 
@@ -44,12 +46,14 @@ export function lockSocketPath (dataDir: string): string {
 export async function lockDataDir (dataDir: string): Promise<DataDirLock> {
   const file = lockSocketPath(dataDir)
   for (let attempt = 0; attempt < 2; attempt++) {
-    const server = net.createServer((socket) => socket.end())
+    let handler = (socket: net.Socket): void => { socket.end() }
+    const server = net.createServer((socket) => handler(socket))
     const err = await tryListen(server, file)
     if (err === null) {
       server.unref()
       return {
         path: file,
+        serve: (h) => { handler = h },
         release: () => new Promise<void>((resolve) => server.close(() => resolve())),
       }
     }

@@ -6,7 +6,7 @@ import type { TestContext } from 'node:test'
 import { stringify } from 'yaml'
 import { pino } from 'pino'
 import { loadConfig } from '../../config/load.js'
-import { Gateway } from '../../gateway/gateway.js'
+import { Gateway, type GatewayOptions } from '../../gateway/gateway.js'
 import { spawnGatewayProcess, type GatewayProcess as BaseProcess } from '../../scripts/gateway-process.js'
 
 export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret', controller: 'controller-secret' } as const
@@ -35,10 +35,10 @@ export function writeConfig (dir: string, config: Record<string, unknown>, name 
   return file
 }
 
-export async function startInProcess (t: TestContext, config: Record<string, unknown>, opts: { faults?: boolean } = {}): Promise<Gateway> {
+export async function startInProcess (t: TestContext, config: Record<string, unknown>, opts: { faults?: boolean, gateway?: Omit<GatewayOptions, 'log' | 'faults'> } = {}): Promise<Gateway> {
   const dir = path.dirname(String((config.gateway as { dataDir: string }).dataDir))
   const file = writeConfig(dir, config, `gridgate-${Math.random().toString(36).slice(2)}.yaml`)
-  const gw = new Gateway(loadConfig({ path: file, env: {} }), { log: pino({ level: 'silent' }), faults: opts.faults ?? false })
+  const gw = new Gateway(loadConfig({ path: file, env: {} }), { ...opts.gateway, log: pino({ level: 'silent' }), faults: opts.faults ?? false })
   await gw.start()
   t.after(() => gw.stop().catch(() => {}))
   return gw

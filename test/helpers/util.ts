@@ -7,7 +7,7 @@ import type { TestContext } from 'node:test'
 /** A temp dir removed after the test. */
 export function tempDir (t: TestContext, prefix = 'gg-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
   return dir
 }
 
