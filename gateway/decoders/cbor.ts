@@ -12,7 +12,8 @@
 //   - maps → objects; a key that is not a text string is refused;
 //   - false/true/null → themselves; undefined → null (§6.1); other simple values are refused;
 //   - tags 0 (date/time string) and 1 (epoch time) → RFC 3339 strings; tag 55799 (self-described
-//     CBOR) → its content; every other tag is refused (dropping its number would change the meaning);
+//     CBOR) and 259 (a map whose keys may be any type, as cbor-x writes JS Maps) → their content;
+//     every other tag is refused (dropping its number would change the meaning);
 //   - indefinite-length byte/text strings are refused (cbor-x does not decode them); indefinite-length
 //     arrays and maps are accepted.
 // Nesting deeper than MAX_CBOR_DEPTH is refused.
@@ -27,7 +28,7 @@ export const APPLICATION_CBOR = 'application/cbor'
 /** Containers and tags nested deeper than this are refused. */
 export const MAX_CBOR_DEPTH = 64
 const MAX_BIGNUM_BYTES = 16 // 128 bits: every realistic counter or id; longer bignums are refused
-const ALLOWED_TAGS = new Set([0, 1, 2, 3, 55799])
+const ALLOWED_TAGS = new Set([0, 1, 2, 3, 259, 55799])
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true })
 // Maps stay Maps so non-string keys are seen (and refused) instead of being stringified by the library.
