@@ -208,10 +208,12 @@ const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}
 // Epoch numbers below this are seconds, at or above it milliseconds: 1e11 s is the year 5138,
 // 1e11 ms is March 1973, so no real clock reading is ambiguous.
 const SECONDS_LIMIT = 1e11
+const EPOCH_STRING = /^-?\d{1,16}(\.\d+)?$/
 
 /**
  * The devicetime extension from decoded data: the value at `path` (object keys, or array indexes in
- * arrays) as RFC 3339 with ms in UTC. An RFC 3339 string or epoch seconds/milliseconds are understood;
+ * arrays) as RFC 3339 with ms in UTC. An RFC 3339 string or epoch seconds/milliseconds (a number, or
+ * a string of digits as protobuf renders 64-bit integers) are understood;
  * anything else (absent field, other types, out of range) gives undefined: the event is stored
  * without devicetime, the device's data is never refused for it.
  */
@@ -227,6 +229,7 @@ export function deviceTime (data: EventData, path: readonly string[]): string | 
     if (typeof v !== 'object' || v === null || !Object.hasOwn(v, key)) return undefined
     v = (v as Record<string, unknown>)[key]
   }
+  if (typeof v === 'string' && EPOCH_STRING.test(v)) v = Number(v) // protobuf int64 fields arrive as strings
   let ms: number
   if (typeof v === 'string') {
     if (!RFC3339.test(v)) return undefined

@@ -69,6 +69,7 @@ test('deviceTime reads RFC 3339 strings and epoch seconds or milliseconds at a d
   assert.equal(deviceTime(json({ meta: { ts: 1_714_564_800 } }), ['meta', 'ts']), '2024-05-01T12:00:00.000Z')
   assert.equal(deviceTime(json({ ts: 1_714_564_800_123 }), ['ts']), '2024-05-01T12:00:00.123Z')
   assert.equal(deviceTime(json({ ts: 1_714_564_800.25 }), ['ts']), '2024-05-01T12:00:00.250Z')
+  assert.equal(deviceTime(json({ ts: '1714564800123' }), ['ts']), '2024-05-01T12:00:00.123Z') // protobuf int64
   assert.equal(deviceTime(json([{ t: 1_714_564_800 }]), ['0', 't']), '2024-05-01T12:00:00.000Z') // SenML: first record
   for (const bad of [{}, { ts: 'yesterday' }, { ts: '2024-05-01' }, { ts: '2024-13-01T00:00:00Z' }, { ts: true }, { ts: null }, { ts: 1e300 }, { ts: { a: 1 } }]) {
     assert.equal(deviceTime(json(bad), ['ts']), undefined, JSON.stringify(bad))
