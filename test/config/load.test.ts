@@ -69,6 +69,7 @@ test('without a file every key takes its default', () => {
     devices: [],
     store: { sync: 'full', dedupWindow: 120_000, commitDelay: 0 },
     uplinks: [],
+    rules: [],
   })
 })
 
