@@ -152,10 +152,13 @@ export class Rules {
   match (topic: string): RuleMatch | undefined {
     if (this.rules.length === 0) return undefined
     for (const rule of this.rules) {
-      const captured = matchLevels(rule.levels, topic)
-      if (captured === null) continue
+      if (!matchLevels(rule.levels, topic)) continue
       const m: RuleMatch = {}
-      if (rule.type !== undefined) m.type = rule.type.map(p => typeof p === 'string' ? p : captured[p.capture] ?? '').join('')
+      if (rule.type !== undefined) {
+        const captured: string[] = []
+        if (rule.type.length > 1 || typeof rule.type[0] !== 'string') matchLevels(rule.levels, topic, captured)
+        m.type = rule.type.map(p => typeof p === 'string' ? p : captured[p.capture] ?? '').join('')
+      }
       if (rule.contentType !== undefined) m.contentType = rule.contentType
       if (rule.protobuf !== undefined) m.protobuf = rule.protobuf
       if (rule.deviceTime !== undefined) m.deviceTime = rule.deviceTime
@@ -178,27 +181,27 @@ function compileTemplate (template: string, captures: readonly string[]): Array<
   return parts
 }
 
-// Walks the topic level by level without splitting it; the captured levels in pattern order, or
-// null when the pattern does not match.
-function matchLevels (levels: readonly Level[], topic: string): string[] | null {
+// Walks the topic level by level without splitting it: true when the pattern matches. With `out`,
+// the captured levels are pushed to it in pattern order (done only once a rule matched, so a topic no
+// rule matches allocates nothing).
+function matchLevels (levels: readonly Level[], topic: string, out?: string[]): boolean {
   // [MQTT-4.7.2-1] wildcards at the first level do not match topics starting with '$'.
-  if (topic.startsWith('$') && levels[0] !== undefined && !('literal' in levels[0])) return null
+  if (topic.startsWith('$') && levels[0] !== undefined && !('literal' in levels[0])) return false
   let start = 0
-  let captured: string[] | null = null
   for (let i = 0; i < levels.length; i++) {
     const level = levels[i] as Level
-    if ('rest' in level) return captured ?? [] // '#' also matches the parent level [MQTT-4.7.1-2]
-    if (start > topic.length) return null // the topic has fewer levels
+    if ('rest' in level) return true // '#' also matches the parent level [MQTT-4.7.1-2]
+    if (start > topic.length) return false // the topic has fewer levels
     let end = topic.indexOf('/', start)
     if (end === -1) end = topic.length
     if ('literal' in level) {
-      if (end - start !== level.literal.length || !topic.startsWith(level.literal, start)) return null
-    } else if (level.capture !== null) {
-      (captured ??= []).push(topic.slice(start, end))
+      if (end - start !== level.literal.length || !topic.startsWith(level.literal, start)) return false
+    } else if (level.capture !== null && out !== undefined) {
+      out.push(topic.slice(start, end))
     }
     start = end + 1
   }
-  return start === topic.length + 1 ? captured ?? [] : null
+  return start === topic.length + 1
 }
 
 // ---- device time ----------------------------------------------------------------------------------
