@@ -33,10 +33,16 @@ test('rules give protobuf and CBOR payloads a type, JSON data and devicetime; in
     (err: Error & { code?: number }) => err.code === 0x99)
   // A topic no rule matches keeps the defaults.
   await client.publishAsync('devices/sensor-1/plain', '{"c":1}', { qos: 1, properties: { contentType: 'application/json' } })
+  // No content-type property on a protobuf rule's topic: application/protobuf is implied.
+  await client.publishAsync('devices/sensor-1/pb/hum', Buffer.from(Reading.encode({ value: 40 }).finish()), { qos: 1 })
 
-  await waitFor(() => rx.events.length >= 3, 'three events at the receiver')
-  const [pbEvent, cborEvent, plain] = rx.events
-  assert.equal(rx.events.length, 3, 'the refused publish stored nothing')
+  await waitFor(() => rx.events.length >= 4, 'four events at the receiver')
+  const [pbEvent, cborEvent, plain, implied] = rx.events
+  assert.equal(rx.events.length, 4, 'the refused publish stored nothing')
+  assert.equal(implied!.type, 'sensor.hum')
+  assert.equal(implied!.sourcecontenttype, 'application/protobuf')
+  assert.deepEqual(implied!.data, { value: 40 })
+  assert.equal(implied!.devicetime, undefined, 'no epoch_ms field, no devicetime')
   assert.equal(pbEvent!.type, 'sensor.temp')
   assert.equal(pbEvent!.datacontenttype, 'application/json')
   assert.equal(pbEvent!.sourcecontenttype, 'application/x-protobuf')
@@ -57,7 +63,7 @@ test('rules give protobuf and CBOR payloads a type, JSON data and devicetime; in
 
   const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
   assert.ok(metrics.includes('gridgate_ingress_total{protocol="mqtt",outcome="refused"} 1'), 'the refused publish is counted')
-  assert.ok(metrics.includes('gridgate_ingress_total{protocol="mqtt",outcome="stored"} 3'))
+  assert.ok(metrics.includes('gridgate_ingress_total{protocol="mqtt",outcome="stored"} 4'))
 })
 
 test('MQTT 3.1.1 cannot refuse: invalid CBOR on a CBOR rule topic is kept raw with normalizeerror and counted', async (t) => {
