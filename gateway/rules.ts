@@ -104,7 +104,8 @@ export function ruleProblems (rule: Partial<RuleConfig>): Array<{ key: keyof Rul
 
 interface CompiledRule {
   levels: Level[]
-  type: Array<string | { capture: number }> | undefined
+  /** A fixed type, or literal parts and capture indexes. */
+  type: string | Array<string | { capture: number }> | undefined
   contentType: string | undefined
   protobuf: protobuf.Type | undefined
   deviceTime: string[] | undefined
@@ -154,9 +155,11 @@ export class Rules {
     for (const rule of this.rules) {
       if (!matchLevels(rule.levels, topic)) continue
       const m: RuleMatch = {}
-      if (rule.type !== undefined) {
+      if (typeof rule.type === 'string') {
+        m.type = rule.type
+      } else if (rule.type !== undefined) {
         const captured: string[] = []
-        if (rule.type.length > 1 || typeof rule.type[0] !== 'string') matchLevels(rule.levels, topic, captured)
+        matchLevels(rule.levels, topic, captured)
         m.type = rule.type.map(p => typeof p === 'string' ? p : captured[p.capture] ?? '').join('')
       }
       if (rule.contentType !== undefined) m.contentType = rule.contentType
@@ -169,7 +172,7 @@ export class Rules {
 }
 
 // The template as literal parts and capture indexes (positions in the pattern's capture list).
-function compileTemplate (template: string, captures: readonly string[]): Array<string | { capture: number }> {
+function compileTemplate (template: string, captures: readonly string[]): string | Array<string | { capture: number }> {
   const parts: Array<string | { capture: number }> = []
   let last = 0
   for (const m of template.matchAll(PLACEHOLDER)) {
@@ -178,7 +181,7 @@ function compileTemplate (template: string, captures: readonly string[]): Array<
     last = m.index + m[0].length
   }
   if (last < template.length) parts.push(template.slice(last))
-  return parts
+  return parts.every(p => typeof p === 'string') ? template : parts
 }
 
 // Walks the topic level by level without splitting it: true when the pattern matches. With `out`,
