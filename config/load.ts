@@ -6,6 +6,7 @@ import { dirname, resolve } from 'node:path'
 import YAML from 'yaml'
 import { z } from 'zod'
 import { GridgateError } from '../gateway/errors.js'
+import { protobufProblems } from '../gateway/rules.js'
 import { configSchema, leafMeta, shown, type Config, type LeafMeta } from './schema.js'
 import { formatDuration, formatSize } from './units.js'
 
@@ -44,11 +45,17 @@ export function loadConfig (opts: LoadOptions = {}): Config {
   }
 
   const result = configSchema.safeParse(raw, { error: errorMap, reportInput: true })
-  const details = [...env.problems, ...(result.success ? [] : result.error.issues.flatMap((i) => formatIssue(i, env.sources)))]
+  const baseDir = file === undefined ? cwd : dirname(file)
+  // Rules' .proto files need the config's directory; they are checked even when other keys fail.
+  const protobuf = protobufProblems(field(raw, 'rules'), (f) => resolve(baseDir, f)).map((p) => `${formatPath(p.path)}: ${p.message}`)
+  const details = [...env.problems, ...(result.success ? [] : result.error.issues.flatMap((i) => formatIssue(i, env.sources))), ...protobuf]
   if (!result.success || details.length > 0) throw invalid(source, details)
 
   const config = result.data
-  config.gateway.dataDir = resolve(file === undefined ? cwd : dirname(file), config.gateway.dataDir)
+  config.gateway.dataDir = resolve(baseDir, config.gateway.dataDir)
+  for (const rule of config.rules) {
+    if (rule.protobuf !== undefined) rule.protobuf.file = resolve(baseDir, rule.protobuf.file)
+  }
   return deepFreeze(config)
 }
 

@@ -8,6 +8,7 @@
 import { hostname } from 'node:os'
 import { z } from 'zod'
 import { parseDuration, parseSize } from './units.js'
+import { ruleProblems } from '../gateway/rules.js'
 
 // Marks leaves that need more than their value to be printed (units) or must not be printed at all,
 // so renderConfig knows them from the schema rather than from a list of key names.
@@ -235,6 +236,24 @@ function unique<T> (list: string, key: string, what: string) {
   }
 }
 
+// Mapping rules (gateway/rules.ts). Pattern, type template, content type and deviceTime are checked
+// here; the protobuf file and message need the config's directory, so the loader checks those.
+const ruleSchema = z.strictObject({
+  topic: z.string().min(1),
+  type: z.string().min(1).optional(),
+  contentType: z.string().min(1).optional(),
+  protobuf: z.strictObject({
+    file: z.string().min(1),
+    message: z.string().min(1),
+  }).optional(),
+  deviceTime: z.string().min(1).optional(),
+})
+  .superRefine((r, ctx) => {
+    for (const p of ruleProblems(r)) ctx.addIssue({ code: 'custom', path: [p.key], message: p.message })
+  }, runDespiteIssues)
+
+const MAX_RULES = 1000
+
 export const configSchema = z.strictObject({
   gateway: gatewaySchema.prefault({}),
   mqtt: mqttSchema.prefault({}),
@@ -248,6 +267,9 @@ export const configSchema = z.strictObject({
     .max(MAX_UPLINKS, { error: `expected at most ${MAX_UPLINKS} uplinks` })
     .superRefine(unique('uplinks', 'name', 'uplink name'), runDespiteIssues)
     .default([]),
+  rules: z.array(ruleSchema)
+    .max(MAX_RULES, { error: `expected at most ${MAX_RULES} rules` })
+    .default([]),
 })
 
 export type Config = z.output<typeof configSchema>
@@ -260,3 +282,4 @@ export type StoreSection = Config['store']
 export type UplinkConfig = Config['uplinks'][number]
 export type HttpUplinkConfig = Extract<UplinkConfig, { type: 'http' }>
 export type RetryConfig = HttpUplinkConfig['retry']
+export type RuleConfig = Config['rules'][number]

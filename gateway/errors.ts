@@ -19,6 +19,7 @@ export const ErrorCodes = {
   GG_ERR_AUTH_REQUIRED: 'No credential was given and anonymous access is off.',
   GG_ERR_FORBIDDEN_TOPIC: 'The device may not publish or subscribe to this topic.',
   GG_ERR_PAYLOAD_INVALID: 'The payload does not parse as its declared content type.',
+  GG_ERR_CONTENT_TYPE_UNSUPPORTED: 'The declared content type is not one gridgate accepts (not a media type); declare a type/subtype or none.',
   GG_ERR_UPLINK_REJECTED: 'The uplink refused the gateway itself (401/403/404...): check its URL and credentials. Events are kept.',
   GG_ERR_UPLINK_UNREACHABLE: 'The uplink could not be reached or failed; delivery is retried with backoff.',
   GG_ERR_UPLINK_POISON: 'The uplink rejected one event; it was moved to the dead letters.',

@@ -14,6 +14,7 @@ import { Clock, IdGenerator } from './clock.js'
 import { defaultDecoders } from './decoders/index.js'
 import { DeviceRegistry } from './identity.js'
 import { Ingest } from './ingest.js'
+import { Rules } from './rules.js'
 import { createAdmin, uplinkReport } from './admin.js'
 import { Store, type StoreOptions } from '../store-forward/store.js'
 import { Forwarder } from '../store-forward/forwarder.js'
@@ -203,6 +204,7 @@ export class Gateway {
       clock: this.clock,
       ids: new IdGenerator(this.clock),
       metrics: this.metrics,
+      rules: Rules.compile(c.rules),
     })
     if (c.mqtt.enabled) {
       this.mqtt = new MqttAdapter({

@@ -4,10 +4,11 @@
 import { createHash } from 'node:crypto'
 import type { Clock, IdGenerator } from './clock.js'
 import type { DecoderRegistry, DecodeResult } from './decoders/index.js'
-import { decodeLenient } from './decoders/index.js'
+import { APPLICATION_PROTOBUF, decodeLenient } from './decoders/index.js'
 import { encodeEvent, type GridEvent } from './event.js'
 import { GridgateError } from './errors.js'
 import type { Metrics, Protocol } from './metrics.js'
+import { deviceTime, type RuleMatch, type Rules } from './rules.js'
 import { StoreFullError, type Store } from '../store-forward/store.js'
 
 export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
@@ -47,6 +48,8 @@ export interface IngestOptions {
   clock: Clock
   ids: IdGenerator
   metrics: Metrics
+  /** Mapping rules (config `rules`); none when absent. */
+  rules?: Rules | undefined
 }
 
 /** A 16-byte dedup key from its parts; parts are length-prefixed so no two tuples collide. */
@@ -81,19 +84,19 @@ export class Ingest {
         )
       }
     }
+    // One reading of the clock for the event's time, its id's timestamp, its stored ingest time and
+    // "now" for payload formats with relative times (SenML).
+    const nowMs = this.o.clock.now()
+    const rule = this.o.rules?.match(msg.topic)
     let decoded: DecodeResult
     try {
-      decoded = msg.canRefuse
-        ? this.o.decoders.decode(msg.payload, msg.contentType)
-        : decodeLenient(this.o.decoders, msg.payload, msg.contentType)
+      decoded = this.decode(msg, rule, nowMs)
     } catch (err) {
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'refused' })
       return Promise.reject(err)
     }
     if (decoded.normalizeerror !== undefined) this.o.metrics.normalizeFailures.inc({ protocol: msg.protocol })
-    // One reading of the clock for the event's time, its id's timestamp and its stored ingest time.
-    const nowMs = this.o.clock.now()
-    const event = this.stamp(msg, decoded, nowMs)
+    const event = this.stamp(msg, decoded, nowMs, rule)
     const item = {
       ingestMs: nowMs,
       routes: this.o.store.route(event.type, event.subject ?? msg.topic),
@@ -147,7 +150,23 @@ export class Ingest {
     throw last
   }
 
-  private stamp (msg: IngestMessage, decoded: DecodeResult, nowMs: number): GridEvent {
+  private decode (msg: IngestMessage, rule: RuleMatch | undefined, nowMs: number): DecodeResult {
+    if (rule === undefined) {
+      return msg.canRefuse
+        ? this.o.decoders.decode(msg.payload, msg.contentType, { nowMs })
+        : decodeLenient(this.o.decoders, msg.payload, msg.contentType, { nowMs })
+    }
+    // The rule's content type applies only to messages that declare none; a rule naming a protobuf
+    // message implies application/protobuf for them.
+    const declared = msg.contentType !== undefined && msg.contentType.trim() !== '' ? msg.contentType : undefined
+    const contentType = declared ?? rule.contentType ?? (rule.protobuf === undefined ? undefined : APPLICATION_PROTOBUF)
+    const ctx = { nowMs, protobuf: rule.protobuf }
+    return msg.canRefuse
+      ? this.o.decoders.decode(msg.payload, contentType, ctx)
+      : decodeLenient(this.o.decoders, msg.payload, contentType, ctx)
+  }
+
+  private stamp (msg: IngestMessage, decoded: DecodeResult, nowMs: number, rule: RuleMatch | undefined): GridEvent {
     const extensions: Record<string, string> = {
       deviceid: msg.deviceId,
       protocol: msg.protocol,
@@ -156,10 +175,14 @@ export class Ingest {
     if (decoded.sourcecontenttype !== undefined) extensions.sourcecontenttype = decoded.sourcecontenttype
     if (decoded.normalizeerror !== undefined) extensions.normalizeerror = decoded.normalizeerror
     if (msg.traceparent !== undefined) extensions.traceparent = msg.traceparent
+    if (rule?.deviceTime !== undefined && decoded.data.kind === 'json') {
+      const t = deviceTime(decoded.data, rule.deviceTime)
+      if (t !== undefined) extensions.devicetime = t
+    }
     return {
       id: this.o.ids.next(nowMs),
       source: `/gateways/${this.o.gatewayId}/devices/${msg.deviceId}`,
-      type: DEFAULT_EVENT_TYPE,
+      type: rule?.type !== undefined && rule.type !== '' ? rule.type : DEFAULT_EVENT_TYPE,
       subject: msg.topic,
       time: new Date(nowMs).toISOString(),
       datacontenttype: decoded.datacontenttype,

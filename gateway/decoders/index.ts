@@ -1,10 +1,14 @@
 // The decoder seam: one Decoder per payload format, picked by the declared content type (MQTT 5
 // content-type property, CoAP Content-Format, HTTP Content-Type, a WebSocket message's contentType or a
-// topic rule). Formats added later (CBOR, SenML, protobuf) register here without touching the callers.
+// topic rule). Formats register here without touching the callers.
 
-import { isGridgateError } from '../errors.js'
+import type protobuf from 'protobufjs'
+import { GridgateError, isGridgateError } from '../errors.js'
 import type { EventData } from '../event.js'
 import { binaryDecoder, OCTET_STREAM } from './binary.js'
+import { APPLICATION_CBOR, cborDecoder } from './cbor.js'
+import { APPLICATION_PROTOBUF, protobufDecoder } from './protobuf.js'
+import { SENML_CBOR, SENML_JSON, senmlCborDecoder, senmlJsonDecoder } from './senml.js'
 import { APPLICATION_JSON, jsonDecoder, normalizeJson, sniffJson } from './json.js'
 import { mediaEssence, numberJson, TEXT_PLAIN, textDecoder } from './text.js'
 
@@ -18,6 +22,14 @@ export interface DecodeResult {
   normalizeerror?: string
 }
 
+/** What a decoder may need beyond the bytes: the receipt time, and what a mapping rule supplies. */
+export interface DecodeContext {
+  /** The event's receipt time (ms since the epoch): "now" for SenML relative times. Date.now() when absent. */
+  nowMs?: number | undefined
+  /** The message type a mapping rule names for protobuf payloads. */
+  protobuf?: protobuf.Type | undefined
+}
+
 export interface Decoder {
   /**
    * Media types this decoder handles, lowercase and without parameters ('application/json'), or a
@@ -28,7 +40,7 @@ export interface Decoder {
    * Decode a payload declared as `contentType` (as the device gave it, parameters included). Throws
    * GridgateError('GG_ERR_PAYLOAD_INVALID') when the payload does not parse as that type.
    */
-  decode (payload: Uint8Array, contentType: string): DecodeResult
+  decode (payload: Uint8Array, contentType: string, ctx?: DecodeContext): DecodeResult
 }
 
 /** A declared content type split into its lowercase essence ('type/subtype') and its parameters. */
@@ -87,7 +99,7 @@ export class DecoderRegistry {
    * sniffed: valid JSON becomes JSON, anything else application/octet-stream; that never throws.
    * Throws GG_ERR_PAYLOAD_INVALID when a payload does not parse as its declared type.
    */
-  decode (payload: Uint8Array, contentType: string | undefined): DecodeResult {
+  decode (payload: Uint8Array, contentType: string | undefined, ctx?: DecodeContext): DecodeResult {
     const declared = contentType?.trim()
     if (declared === undefined || declared === '') {
       return sniffJson(payload) ?? { data: { kind: 'binary', bytes: payload }, datacontenttype: OCTET_STREAM }
@@ -97,8 +109,36 @@ export class DecoderRegistry {
       // Not a media type at all: kept as bytes, with the device's claim recorded.
       return { data: { kind: 'binary', bytes: payload }, datacontenttype: OCTET_STREAM, sourcecontenttype: declared }
     }
-    return (this.decoderFor(media.essence) ?? binaryDecoder).decode(payload, declared)
+    return (this.decoderFor(media.essence) ?? binaryDecoder).decode(payload, declared, ctx)
   }
+
+  /**
+   * True when a payload of this type is normalized (decoded into JSON or text) rather than kept as
+   * data_base64. Protobuf types count as normalized although without a rule they are kept as bytes.
+   */
+  normalizes (contentType: string): boolean {
+    const media = parseMediaType(contentType.trim())
+    if (media === undefined) return false
+    const d = this.decoderFor(media.essence)
+    return d !== undefined && d !== binaryDecoder
+  }
+}
+
+/**
+ * True when gridgate accepts a payload declared as `contentType`: every syntactically valid media
+ * type is accepted (normalized, or kept as data_base64 under that type). decode() never refuses a type;
+ * an adapter whose protocol can answer "unsupported content type" (HTTP 415, CoAP 4.15) checks this
+ * first and refuses with unsupportedContentType(); "does not parse" (HTTP 400, CoAP 4.00, MQTT 5
+ * 0x99) is the GG_ERR_PAYLOAD_INVALID that decode() throws.
+ */
+export function isSupportedContentType (contentType: string): boolean {
+  return parseMediaType(contentType.trim()) !== undefined
+}
+
+/** The GG_ERR_CONTENT_TYPE_UNSUPPORTED error for a declared type gridgate does not accept. */
+export function unsupportedContentType (contentType: string): GridgateError {
+  return new GridgateError('GG_ERR_CONTENT_TYPE_UNSUPPORTED',
+    `${JSON.stringify(contentType.slice(0, MAX_CONTENT_TYPE))} is not a media type (type/subtype, RFC 6838)`)
 }
 
 /**
@@ -106,9 +146,9 @@ export class DecoderRegistry {
  * declared type is kept as application/octet-stream with sourcecontenttype and normalizeerror set,
  * so device data is never silently thrown away. Other errors propagate.
  */
-export function decodeLenient (registry: DecoderRegistry, payload: Uint8Array, contentType: string | undefined): DecodeResult {
+export function decodeLenient (registry: DecoderRegistry, payload: Uint8Array, contentType: string | undefined, ctx?: DecodeContext): DecodeResult {
   try {
-    return registry.decode(payload, contentType)
+    return registry.decode(payload, contentType, ctx)
   } catch (err) {
     if (!isGridgateError(err, 'GG_ERR_PAYLOAD_INVALID')) throw err
     const result: DecodeResult = {
@@ -122,13 +162,18 @@ export function decodeLenient (registry: DecoderRegistry, payload: Uint8Array, c
   }
 }
 
-/** JSON, text/plain and the binary fallback. */
+/** JSON, text/plain, CBOR, SenML JSON/CBOR, protobuf and the binary fallback. */
 export function defaultDecoders (): DecoderRegistry {
   const registry = new DecoderRegistry()
   registry.register(binaryDecoder)
   registry.register(jsonDecoder)
   registry.register(textDecoder)
+  registry.register(cborDecoder)
+  registry.register(senmlJsonDecoder)
+  registry.register(senmlCborDecoder)
+  registry.register(protobufDecoder)
   return registry
 }
 
 export { APPLICATION_JSON, binaryDecoder, jsonDecoder, mediaEssence, normalizeJson, numberJson, OCTET_STREAM, TEXT_PLAIN, textDecoder }
+export { APPLICATION_CBOR, APPLICATION_PROTOBUF, cborDecoder, protobufDecoder, SENML_CBOR, SENML_JSON, senmlCborDecoder, senmlJsonDecoder }

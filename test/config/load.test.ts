@@ -80,6 +80,7 @@ test('without a file every key takes its default', () => {
       commitDelay: 0,
     },
     uplinks: [],
+    rules: [],
   })
 })
 
@@ -421,8 +422,9 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_URL', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_EVENTS', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_BYTES',
     'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_DELAY', 'GRIDGATE_UPLINKS_CLOUD_TIMEOUT',
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
+    'GRIDGATE_RULES',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 38, names.join(' '))
+  assert.equal(names.length, 39, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
