@@ -20,6 +20,7 @@ import { Forwarder } from '../store-forward/forwarder.js'
 import type { Sink } from '../store-forward/sink.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
 import { MqttAdapter } from '../adapters/mqtt/index.js'
+import { CoapAdapter } from '../adapters/coap/index.js'
 
 export interface GatewayOptions {
   log?: Logger
@@ -45,6 +46,7 @@ export class Gateway {
   private lock: DataDirLock | null = null
   private admin: FastifyInstance | null = null
   private mqtt: MqttAdapter | null = null
+  private coap: CoapAdapter | null = null
   private accepting = false
   private stopping: Promise<void> | null = null
 
@@ -53,6 +55,7 @@ export class Gateway {
   }
 
   get mqttAddress (): AddressInfo | null { return this.mqtt?.address() ?? null }
+  get coapAddress (): AddressInfo | null { return this.coap?.address() ?? null }
   get adminAddress (): AddressInfo | null { return (this.admin?.server.address() as AddressInfo | null) ?? null }
 
   /** Every bound listener by name (`mqtt`, `admin`, …), as `host:port`; logged in the ready line. */
@@ -60,6 +63,7 @@ export class Gateway {
     const all: Record<string, AddressInfo | null> = {
       admin: this.adminAddress,
       mqtt: this.mqttAddress,
+      coap: this.coapAddress,
     }
     const out: Record<string, string> = {}
     for (const [name, a] of Object.entries(all)) if (a !== null) out[name] = `${a.address}:${a.port}`
@@ -144,10 +148,11 @@ export class Gateway {
     }
 
     const registry = new DeviceRegistry(c.devices)
+    const decoders = defaultDecoders()
     const ingest = new Ingest({
       gatewayId: c.gateway.id,
       store: this.store,
-      decoders: defaultDecoders(),
+      decoders,
       clock: this.clock,
       ids: new IdGenerator(this.clock),
       metrics: this.metrics,
@@ -164,6 +169,24 @@ export class Gateway {
         log: this.log,
       })
       await this.mqtt.start()
+    }
+    if (c.coap.enabled) {
+      this.coap = new CoapAdapter({
+        host: c.coap.host,
+        port: c.coap.port,
+        maxPayloadSize: c.coap.maxPayloadSize,
+        maxBlockwiseTransfers: c.coap.maxBlockwiseTransfers,
+        maxBlockwisePerEndpoint: c.coap.maxBlockwisePerEndpoint,
+        blockwiseTimeoutMs: c.coap.blockwiseTimeout,
+        dedupWindowMs: c.store.dedupWindow,
+        allowAnonymous: c.auth.allowAnonymous,
+        registry,
+        ingest,
+        decoders,
+        metrics: this.metrics,
+        log: this.log,
+      })
+      await this.coap.start()
     }
     this.accepting = true
     this.log.info({
@@ -192,6 +215,7 @@ export class Gateway {
     this.accepting = false
     const steps: Array<[string, () => Promise<unknown>]> = [
       ['mqtt', async () => this.mqtt?.stop()],
+      ['coap', async () => this.coap?.stop()],
       ['forwarders', async () => Promise.all([...this.forwarders.values()].map(f => f.stop(remaining())))],
       ['admin', async () => this.admin?.close()],
       ['store', async () => this.store?.close()],
