@@ -12,7 +12,7 @@ export interface CoapRequest {
   path: string
   query?: string[]
   payload?: Buffer
-  contentFormat?: number
+  contentFormat?: number | undefined
   confirmable?: boolean
   messageId?: number
   token?: Buffer
