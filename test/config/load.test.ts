@@ -64,6 +64,7 @@ test('without a file every key takes its default', () => {
       shutdownTimeout: 10_000,
     },
     mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144 },
+    coap: { enabled: true, host: '0.0.0.0', port: 5683, maxPayloadSize: 65_536, maxBlockwiseTransfers: 256, maxBlockwisePerEndpoint: 4, blockwiseTimeout: 60_000 },
     admin: { host: '127.0.0.1', port: 9080 },
     auth: { allowAnonymous: false },
     devices: [],
@@ -399,6 +400,8 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_GATEWAY_ID', 'GRIDGATE_GATEWAY_DATA_DIR', 'GRIDGATE_GATEWAY_LOG_LEVEL', 'GRIDGATE_GATEWAY_SHUTDOWN_TIMEOUT',
     'GRIDGATE_MQTT_ENABLED', 'GRIDGATE_MQTT_HOST', 'GRIDGATE_MQTT_PORT', 'GRIDGATE_MQTT_MAX_PACKET_SIZE',
     'GRIDGATE_ADMIN_HOST', 'GRIDGATE_ADMIN_PORT', 'GRIDGATE_AUTH_ALLOW_ANONYMOUS',
+    'GRIDGATE_COAP_ENABLED', 'GRIDGATE_COAP_HOST', 'GRIDGATE_COAP_PORT', 'GRIDGATE_COAP_MAX_PAYLOAD_SIZE',
+    'GRIDGATE_COAP_MAX_BLOCKWISE_TRANSFERS', 'GRIDGATE_COAP_MAX_BLOCKWISE_PER_ENDPOINT', 'GRIDGATE_COAP_BLOCKWISE_TIMEOUT',
     'GRIDGATE_STORE_SYNC', 'GRIDGATE_STORE_DEDUP_WINDOW', 'GRIDGATE_STORE_COMMIT_DELAY',
     'GRIDGATE_DEVICES_SENSOR_1_TOKEN', 'GRIDGATE_DEVICES_SENSOR_1_TOKEN_HASH', 'GRIDGATE_DEVICES_SENSOR_1_PUBLISH',
     'GRIDGATE_DEVICES_SENSOR_1_SUBSCRIBE', 'GRIDGATE_DEVICES_SENSOR_1_ENABLED',
@@ -406,7 +409,7 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_DELAY', 'GRIDGATE_UPLINKS_CLOUD_TIMEOUT',
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 26, names.join(' '))
+  assert.equal(names.length, 33, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
