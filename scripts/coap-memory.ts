@@ -38,14 +38,22 @@ async function serveNodeCoap (): Promise<void> {
   })
 }
 
-async function startNodeCoap (): Promise<{ child: ChildProcess, port: number }> {
+async function startNodeCoap (): Promise<{ child: ChildProcess, port: number, adminPort?: number }> {
   const self = fileURLToPath(import.meta.url)
   const child = spawn(process.execPath, [self, '--serve-node-coap'], { stdio: ['ignore', 'pipe', 'inherit'] })
   const [chunk] = await once(child.stdout!, 'data') as [Buffer]
   return { child, port: (JSON.parse(chunk.toString()) as { port: number }).port }
 }
 
-async function startGridgate (dir: string): Promise<{ child: ChildProcess, port: number }> {
+/** The gateway's V8 heap in use, from its own /metrics (prom-client's default metrics). */
+async function heapMiB (adminPort: number | undefined): Promise<number | undefined> {
+  if (adminPort === undefined) return undefined
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text()
+  const bytes = Number(/^gridgate_nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1] ?? NaN)
+  return Number.isNaN(bytes) ? undefined : Math.round(bytes / 2 ** 20 * 10) / 10
+}
+
+async function startGridgate (dir: string): Promise<{ child: ChildProcess, port: number, adminPort?: number }> {
   const file = path.join(dir, 'gridgate.yaml')
   fs.writeFileSync(file, stringify({
     gateway: { id: 'gw-memory', dataDir: path.join(dir, 'data'), logLevel: 'warn' },
@@ -58,7 +66,7 @@ async function startGridgate (dir: string): Promise<{ child: ChildProcess, port:
   const gw = await spawnGatewayProcess({ configFile: file, env: { PATH: process.env.PATH ?? '', GRIDGATE_GATEWAY_LOG_LEVEL: 'info' } })
   const port = gw.ports.coap
   if (port === undefined) throw new Error('no coap listener in the ready line')
-  return { child: gw.child, port }
+  return { child: gw.child, port, adminPort: gw.adminPort }
 }
 
 async function main (): Promise<void> {
@@ -76,8 +84,12 @@ async function main (): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gg-coap-memory-'))
   const server = values.server === 'node-coap' ? await startNodeCoap() : await startGridgate(dir)
   const pid = server.child.pid!
-  const samples: Array<{ requests: number, rssMiB: number }> = []
-  const sample = (n: number): void => { samples.push({ requests: n, rssMiB: Math.round(rssKiB(pid) / 102.4) / 10 }) }
+  const samples: Array<{ requests: number, rssMiB: number, heapMiB?: number }> = []
+  const sample = (n: number): void => {
+    const s: { requests: number, rssMiB: number, heapMiB?: number } = { requests: n, rssMiB: Math.round(rssKiB(pid) / 102.4) / 10 }
+    samples.push(s)
+    void heapMiB(server.adminPort).then((h) => { if (h !== undefined) s.heapMiB = h }, () => {})
+  }
   await sleep(500)
   sample(0)
 
@@ -136,7 +148,7 @@ async function main (): Promise<void> {
   const elapsedS = (Date.now() - started) / 1000
   for (const wait of [2000, 5000]) {
     await sleep(wait)
-    samples.push({ requests: -1, rssMiB: Math.round(rssKiB(pid) / 102.4) / 10 })
+    sample(-1)
   }
   for (const s of sockets) s.close()
   server.child.kill('SIGTERM')

@@ -47,8 +47,12 @@ export interface CoapAdapterOptions {
 
 /** How often one source address may produce an auth-failure log line (ms). */
 const AUTH_LOG_INTERVAL = 10_000
-/** Message IDs remembered at once (per endpoint and MID); older ones fall back to the store's dedup. */
-const DEDUP_ENTRIES = 50_000
+/**
+ * Message IDs remembered at once (endpoint and MID; ~0.4 KiB each). A retransmission comes within
+ * MAX_TRANSMIT_SPAN (45 s, RFC 7252 §4.8.2); one whose entry was evicted is still stored only once,
+ * by the dedup key committed with the event.
+ */
+const DEDUP_ENTRIES = 20_000
 /** Separate responses awaiting the device's ACK at once; beyond that they are sent once, unretried. */
 const MAX_PENDING_SEPARATE = 10_000
 /** Seconds a device should wait before retrying when the store refuses (Max-Age of a 5.03). */
