@@ -102,6 +102,8 @@ export class CoapAdapter implements DeviceAdapter {
   private readonly exchanges: LRUCache<string, Exchange>
   private readonly separate = new Map<string, PendingSeparate>()
   private readonly inflight = new Set<Promise<unknown>>()
+  /** Datagrams handed to the socket and not yet sent: closing the socket would cancel them. */
+  private readonly sending = new Set<Promise<void>>()
   private readonly blocks: Block1Reassembly
   private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
   private nextMid = randomInt(0x10000)
@@ -166,13 +168,17 @@ export class CoapAdapter implements DeviceAdapter {
     this.separate.clear()
     this.blocks.clear()
     this.exchanges.clear()
+    await Promise.allSettled([...this.sending])
     const socket = this.socket
     this.socket = null
     await new Promise<void>((resolve) => socket.close(() => resolve()))
   }
 
   private send (buf: Buffer, address: string, port: number): void {
-    this.socket?.send(buf, port, address)
+    if (this.socket === null) return
+    const p = new Promise<void>((resolve) => this.socket!.send(buf, port, address, () => resolve()))
+    this.sending.add(p)
+    void p.then(() => this.sending.delete(p))
   }
 
   private onDatagram (msg: Buffer, rinfo: dgram.RemoteInfo): void {

@@ -291,3 +291,30 @@ test('a CoAP ping (empty CON) gets a Reset; a NON with an error gets a NON error
   c.send(sent.buf)
   assert.equal(await c.next(p => p.token.equals(sent.token), undefined, 500), 'timeout')
 })
+
+test('a stop lets a commit under way finish and sends its 2.04 before the socket closes', async (t) => {
+  const { c, gw } = await setup(t, {}, true)
+  gw.store.fault('holdBeforeCommit', 1)
+  const sent = buildRequest(post('draining', json({ n: 1 })))
+  c.send(sent.buf)
+  const answer = c.response(sent, true)
+  await waitFor(() => gw.store.faultValue('holding') === 1, 'the writer is holding the commit')
+  const stopped = gw.stop()
+  gw.store.fault('holdBeforeCommit', 0)
+  const r = ok(await answer)
+  assert.equal(r.code, '2.04')
+  await stopped
+})
+
+test('anonymous access, when on, publishes as device anonymous; a busy UDP port is GG_ERR_PORT_IN_USE', async (t) => {
+  const { rx, c, gw } = await setup(t, { auth: { allowAnonymous: true } })
+  assert.equal(ok(await c.request(post('x', json({ n: 1 }), { path: 'devices/anonymous/x', query: [] }))).code, '2.04')
+  assert.equal(ok(await c.request(post('x', json({ n: 2 }), { query: [] }))).code, '4.03', 'anonymous stays in its own namespace')
+  await waitFor(() => rx.events.length === 1, 'the anonymous event forwarded')
+  assert.equal(rx.events[0]!.deviceid, 'anonymous')
+  const busy = gw.coapAddress!.port
+  await assert.rejects(
+    startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), {}, { coap: { host: '127.0.0.1', port: busy } })),
+    (err: Error & { code?: string }) => err.code === 'GG_ERR_PORT_IN_USE',
+  )
+})
