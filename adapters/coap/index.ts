@@ -87,6 +87,8 @@ interface PendingSeparate {
 interface Request {
   packet: ParsedPacket
   endpoint: string
+  /** The exchange's key in the message-ID table. */
+  key: string
   address: string
   port: number
   exchange: Exchange
@@ -225,7 +227,7 @@ export class CoapAdapter implements DeviceAdapter {
       if (o.name === 'Uri-Path') path.push(o.value.toString('utf8'))
       else if (o.name === 'Uri-Query') query.push(o.value.toString('utf8'))
     }
-    const req: Request = { packet, endpoint, address: rinfo.address, port: rinfo.port, exchange, path, query }
+    const req: Request = { packet, endpoint, key: xkey, address: rinfo.address, port: rinfo.port, exchange, path, query }
     const bad = packet.options.find(o => isCritical(o.name) && !KNOWN_CRITICAL.has(String(o.name)))
     if (bad !== undefined) return this.respond(req, { code: '4.02', payload: Buffer.from(`unsupported critical option ${String(bad.name)}`) })
     const p = this.handle(req).then((reply) => this.respond(req, reply), (err: unknown) => {
@@ -357,6 +359,9 @@ export class CoapAdapter implements DeviceAdapter {
   private respond (req: Request, reply: Reply | null): void {
     const { packet, exchange } = req
     if (reply === null || this.socket === null) return
+    // After a server error (the store refused), a retransmission is processed again, so it can be
+    // stored (DESIGN.md "Deduplication at ingest": if the first commit failed, the retry is stored).
+    if (reply.code.startsWith('5.') && this.exchanges.get(req.key) === exchange) this.exchanges.delete(req.key)
     const base = { code: reply.code, token: packet.token, options: reply.options ?? [], payload: reply.payload ?? Buffer.alloc(0) }
     // The reply a retransmission of this request gets: the outcome piggybacked in an ACK.
     const asAck = generate({ ...base, ack: true, messageId: packet.messageId })

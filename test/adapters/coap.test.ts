@@ -207,14 +207,20 @@ test('while the commit is held: an empty ACK, no 2.04; a retransmission is store
   assert.deepEqual(await dataUpToMarker(c, rx, 'after'), [{ n: 'held' }, { marker: 'after' }])
 })
 
-test('when the store refuses the commit: 5.03 with Max-Age, nothing stored, the next request works', async (t) => {
+test('when the store refuses the commit: 5.03 with Max-Age, nothing stored; the retry is stored', async (t) => {
   const { rx, c, gw } = await setup(t, {}, true)
   gw.store.fault('failCommits', 1)
-  const r = ok(await c.request(post('x', json({ n: 'refused' }))))
+  const sent = buildRequest(post('x', json({ n: 'retried' })))
+  c.send(sent.buf)
+  const r = ok(await c.response(sent, true))
   assert.equal(r.code, '5.03')
   assert.ok((readUint(option(r, 'Max-Age')) ?? 0) > 0, 'Max-Age tells the device when to retry')
   assert.match(r.payload.toString(), /^GG_ERR_STORE_/)
-  assert.deepEqual(await dataUpToMarker(c, rx, 'after'), [{ marker: 'after' }])
+  assert.deepEqual(await dataUpToMarker(c, rx, 'between'), [{ marker: 'between' }], 'nothing stored')
+  // The same datagram again (the device never saw the 5.03): processed anew and stored this time.
+  c.send(sent.buf)
+  assert.equal(ok(await c.response(sent, true)).code, '2.04')
+  assert.deepEqual(await dataUpToMarker(c, rx, 'after'), [{ marker: 'between' }, { n: 'retried' }, { marker: 'after' }])
 })
 
 /** One Block1 request of an upload, with a fresh token per block as libcoap sends them. */
