@@ -13,6 +13,7 @@ import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { buildRequest, coapClient, option, readUint, uintOption, type CoapClient, type CoapRequest, type CoapResponse } from '../helpers/coap.js'
 import { encodeBlock, parseBlock } from '../../adapters/coap/blockwise.js'
 import type { Gateway } from '../../gateway/gateway.js'
+import { request as coapRequest, type IncomingMessage } from 'coap'
 
 const run = promisify(execFile)
 const COAP_CLIENT = 'coap-client-notls'
@@ -323,4 +324,37 @@ test('anonymous access, when on, publishes as device anonymous; a busy UDP port 
     startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), {}, { coap: { host: '127.0.0.1', port: busy } })),
     (err: Error & { code?: string }) => err.code === 'GG_ERR_PORT_IN_USE',
   )
+})
+
+/** One request with the node `coap` client; resolves with its response. */
+function nodeCoap (port: number, pathname: string, payload: Buffer, block1?: Buffer): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = coapRequest({ host: '127.0.0.1', port, pathname, query: AUTH, method: 'POST', agent: false })
+    if (block1 !== undefined) req.setOption('Block1', block1)
+    req.on('response', resolve)
+    req.on('error', reject)
+    req.end(payload)
+  })
+}
+
+test('node coap client: a POST and a Block1 upload that keeps one token for every block', async (t) => {
+  const { rx, port } = await setup(t)
+  const small = await nodeCoap(port, '/devices/sensor-1/plain', json({ n: 1 }))
+  assert.equal(small.code, '2.04')
+  const big = Buffer.alloc(1000, 0x41)
+  const blocks = await nodeCoap(port, '/devices/sensor-1/segmented', big, Buffer.of(0x02)) // SZX 2: 64-byte blocks
+  assert.equal(blocks.code, '2.04')
+  await waitFor(() => rx.events.length === 2, 'both events forwarded')
+  assert.deepEqual(rx.events[0]!.data, { n: 1 })
+  assert.equal(rx.events[1]!.subject, 'devices/sensor-1/segmented')
+  assert.ok(Buffer.from(String(rx.events[1]!.data_base64), 'base64').equals(big))
+})
+
+test('/.well-known/core answers GET only', async (t) => {
+  const { c } = await setup(t)
+  const r = ok(await c.request({ method: 'GET', path: '.well-known/core' }))
+  assert.equal(r.code, '2.05')
+  assert.equal(readUint(option(r, 'Content-Format')), 40, 'application/link-format')
+  assert.match(r.payload.toString(), /<\/devices>;rt="gridgate\.events"/)
+  assert.equal(ok(await c.request({ method: 'POST', path: '.well-known/core', payload: Buffer.from('x') })).code, '4.05')
 })
