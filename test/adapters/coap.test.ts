@@ -358,3 +358,14 @@ test('/.well-known/core answers GET only', async (t) => {
   assert.match(r.payload.toString(), /<\/devices>;rt="gridgate\.events"/)
   assert.equal(ok(await c.request({ method: 'POST', path: '.well-known/core', payload: Buffer.from('x') })).code, '4.05')
 })
+
+test('garbage datagrams never crash the listener; a valid request afterwards is stored', async (t) => {
+  const { rx, c } = await setup(t)
+  const valid = buildRequest(post('fuzz', json({ n: 1 }))).buf
+  for (let i = 0; i < 500; i++) {
+    const junk = i % 2 === 0 ? randomBytes(1 + (i % 64)) : Buffer.from(valid.subarray(0, 1 + (i % valid.length)))
+    if (i % 4 === 1) junk[0] = 0x40 | (junk[0]! & 0x0f) // version 1, CON: gets a Reset when it does not parse
+    c.send(junk)
+  }
+  assert.deepEqual(await dataUpToMarker(c, rx, 'after'), [{ marker: 'after' }])
+})

@@ -46,6 +46,7 @@ export function readUint (b: Buffer | undefined): number | undefined {
 }
 
 export function buildRequest (r: CoapRequest): { buf: Buffer, messageId: number, token: Buffer } {
+  // `buf` is also what response() retransmits while no answer arrived.
   const messageId = r.messageId ?? randomInt(0x10000)
   const token = r.token ?? randomBytes(4)
   const options: Option[] = []
@@ -107,12 +108,20 @@ export class CoapClient {
    * Waits for the response to a request already sent: the piggybacked ACK, or the empty ACK and then
    * the separate response with the same token; for NON, a response with the same token.
    */
-  async response (sent: { messageId: number, token: Buffer }, confirmable: boolean, signal?: AbortSignal, timeoutMs?: number): Promise<CoapResponse | 'aborted' | 'timeout'> {
+  async response (sent: { messageId: number, token: Buffer, buf?: Buffer }, confirmable: boolean, signal?: AbortSignal, timeoutMs?: number): Promise<CoapResponse | 'aborted' | 'timeout'> {
     if (!confirmable) {
       const p = await this.next(x => x.token.equals(sent.token), signal, timeoutMs)
       return typeof p === 'string' ? p : { code: p.code, payload: p.payload, options: p.options, via: 'non', emptyAck: false }
     }
+    // With `buf`, the request is retransmitted until the first answer arrives, as a device does (a busy
+    // machine may drop a datagram).
+    let retransmit: NodeJS.Timeout | undefined
+    const again = (ms: number): void => {
+      retransmit = setTimeout(() => { this.send(sent.buf!); again(ms * 2) }, ms)
+    }
+    if (sent.buf !== undefined) again(1000)
     const first = await this.next(x => (x.ack && x.messageId === sent.messageId) || (!x.ack && x.token.equals(sent.token) && !x.code.startsWith('0.')), signal, timeoutMs)
+    clearTimeout(retransmit)
     if (typeof first === 'string') return first
     if (first.ack && first.code !== '0.00') return { code: first.code, payload: first.payload, options: first.options, via: 'piggybacked', emptyAck: false }
     const separate = first.ack ? await this.next(x => !x.ack && x.token.equals(sent.token), signal, timeoutMs) : first
@@ -120,6 +129,7 @@ export class CoapClient {
     return { code: separate.code, payload: separate.payload, options: separate.options, via: 'separate', emptyAck: first.ack }
   }
 
+  /** Sends a request and waits for its response; a confirmable one is retransmitted until answered. */
   async request (r: CoapRequest, signal?: AbortSignal, timeoutMs?: number): Promise<CoapResponse | 'aborted' | 'timeout'> {
     const sent = buildRequest(r)
     this.send(sent.buf)
