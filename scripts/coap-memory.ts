@@ -4,6 +4,7 @@
 //
 //   node dist/scripts/coap-memory.js --requests 50000                 # gridgate (the real CLI)
 //   node dist/scripts/coap-memory.js --requests 50000 --server node-coap   # a bare node `coap` server
+//   node dist/scripts/coap-memory.js --requests 50000 --server node-coap --cache-size 0
 //
 // With `--server node-coap` the child is a plain node `coap` 1.5.0 server answering 2.04 with default
 // options, to compare against (its response cache keeps every response for ~247 s).
@@ -29,18 +30,18 @@ function rssKiB (pid: number): number {
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN)
 }
 
-async function serveNodeCoap (): Promise<void> {
+async function serveNodeCoap (cacheSize: number | undefined): Promise<void> {
   const { createServer } = await import('coap')
-  const server = createServer((_req, res) => { res.code = '2.04'; res.end() })
+  const server = createServer(cacheSize === undefined ? {} : { cacheSize }, (_req, res) => { res.code = '2.04'; res.end() })
   server.listen(0, '127.0.0.1', () => {
     const addr = (server as unknown as { _sock: dgram.Socket })._sock.address()
     process.stdout.write(`${JSON.stringify({ port: addr.port })}\n`)
   })
 }
 
-async function startNodeCoap (): Promise<{ child: ChildProcess, port: number, adminPort?: number }> {
+async function startNodeCoap (cacheSize: string | undefined): Promise<{ child: ChildProcess, port: number, adminPort?: number }> {
   const self = fileURLToPath(import.meta.url)
-  const child = spawn(process.execPath, [self, '--serve-node-coap'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [self, '--serve-node-coap', ...(cacheSize === undefined ? [] : ['--cache-size', cacheSize])], { stdio: ['ignore', 'pipe', 'inherit'] })
   const [chunk] = await once(child.stdout!, 'data') as [Buffer]
   return { child, port: (JSON.parse(chunk.toString()) as { port: number }).port }
 }
@@ -76,13 +77,16 @@ async function main (): Promise<void> {
       server: { type: 'string', default: 'gridgate' },
       samples: { type: 'string', default: '10' },
       'serve-node-coap': { type: 'boolean', default: false },
+      // node `coap` server option cacheSize (bytes of response buffers), for --server node-coap
+      'cache-size': { type: 'string' },
     },
   })
-  if (values['serve-node-coap']) return serveNodeCoap()
+  const cacheSize = values['cache-size']
+  if (values['serve-node-coap']) return serveNodeCoap(cacheSize === undefined ? undefined : Number(cacheSize))
   const total = Number(values.requests)
   const every = Math.max(1, Math.floor(total / Number(values.samples)))
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gg-coap-memory-'))
-  const server = values.server === 'node-coap' ? await startNodeCoap() : await startGridgate(dir)
+  const server = values.server === 'node-coap' ? await startNodeCoap(cacheSize) : await startGridgate(dir)
   const pid = server.child.pid!
   const samples: Array<{ requests: number, rssMiB: number, heapMiB?: number }> = []
   const sample = (n: number): void => {
@@ -155,7 +159,7 @@ async function main (): Promise<void> {
   await once(server.child, 'exit')
   fs.rmSync(dir, { recursive: true, force: true })
   const lines = samples.map(s => `    ${JSON.stringify(s)}`).join(',\n')
-  process.stdout.write(`{"server": ${JSON.stringify(values.server)}, "requests": ${total}, "elapsedS": ${elapsedS}, "codes": ${JSON.stringify(Object.fromEntries(codes))},\n  "note": "requests -1 = idle 2 s, then 7 s, after the last response",\n  "samples": [\n${lines}\n  ]}\n`)
+  process.stdout.write(`{"server": ${JSON.stringify(values.server)},${cacheSize === undefined ? '' : ` "cacheSize": ${cacheSize},`} "requests": ${total}, "elapsedS": ${elapsedS}, "codes": ${JSON.stringify(Object.fromEntries(codes))},\n  "note": "requests -1 = idle 2 s, then 7 s, after the last response",\n  "samples": [\n${lines}\n  ]}\n`)
 }
 
 await main()
