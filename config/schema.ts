@@ -87,6 +87,18 @@ const mqttSchema = z.strictObject({
   maxPacketSize: size('256KiB', { min: '1KiB', max: '256MiB' }),
 })
 
+const coapSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  host: host('0.0.0.0'),
+  port: port(5683),
+  maxPayloadSize: size('64KiB', { min: '16B', max: '16MiB' }),
+  // Block1 uploads being reassembled at once, in total and per endpoint, and how long an incomplete
+  // one is kept (each arriving block restarts the clock).
+  maxBlockwiseTransfers: z.int().min(1).max(100_000).default(256),
+  maxBlockwisePerEndpoint: z.int().min(1).max(1000).default(4),
+  blockwiseTimeout: duration('60s'),
+})
+
 const adminSchema = z.strictObject({
   host: host('127.0.0.1'),
   port: port(9080),
@@ -257,6 +269,7 @@ const MAX_RULES = 1000
 export const configSchema = z.strictObject({
   gateway: gatewaySchema.prefault({}),
   mqtt: mqttSchema.prefault({}),
+  coap: coapSchema.prefault({}),
   admin: adminSchema.prefault({}),
   auth: authSchema.prefault({}),
   devices: z.array(deviceSchema)
@@ -275,6 +288,7 @@ export const configSchema = z.strictObject({
 export type Config = z.output<typeof configSchema>
 export type GatewaySection = Config['gateway']
 export type MqttSection = Config['mqtt']
+export type CoapSection = Config['coap']
 export type AdminSection = Config['admin']
 export type AuthSection = Config['auth']
 export type DeviceConfig = Config['devices'][number]

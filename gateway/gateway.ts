@@ -21,6 +21,7 @@ import { Forwarder } from '../store-forward/forwarder.js'
 import type { Sink } from '../store-forward/sink.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
 import { MqttAdapter } from '../adapters/mqtt/index.js'
+import { CoapAdapter } from '../adapters/coap/index.js'
 
 export interface GatewayOptions {
   log?: Logger
@@ -76,6 +77,7 @@ export class Gateway {
   private lock: DataDirLock | null = null
   private admin: FastifyInstance | null = null
   private mqtt: MqttAdapter | null = null
+  private coap: CoapAdapter | null = null
   private accepting = false
   private stopping: Promise<void> | null = null
 
@@ -84,6 +86,7 @@ export class Gateway {
   }
 
   get mqttAddress (): AddressInfo | null { return this.mqtt?.address() ?? null }
+  get coapAddress (): AddressInfo | null { return this.coap?.address() ?? null }
   get adminAddress (): AddressInfo | null { return (this.admin?.server.address() as AddressInfo | null) ?? null }
 
   /** Every bound listener by name (`mqtt`, `admin`, …), as `host:port`; logged in the ready line. */
@@ -91,6 +94,7 @@ export class Gateway {
     const all: Record<string, AddressInfo | null> = {
       admin: this.adminAddress,
       mqtt: this.mqttAddress,
+      coap: this.coapAddress,
     }
     const out: Record<string, string> = {}
     for (const [name, a] of Object.entries(all)) if (a !== null) out[name] = `${a.address}:${a.port}`
@@ -197,10 +201,11 @@ export class Gateway {
     this.lock?.serve((socket) => adminServer.emit('connection', socket))
 
     const registry = new DeviceRegistry(c.devices)
+    const decoders = defaultDecoders()
     const ingest = new Ingest({
       gatewayId: c.gateway.id,
       store: this.store,
-      decoders: defaultDecoders(),
+      decoders,
       clock: this.clock,
       ids: new IdGenerator(this.clock),
       metrics: this.metrics,
@@ -219,6 +224,24 @@ export class Gateway {
         log: this.log,
       })
       await this.mqtt.start()
+    }
+    if (c.coap.enabled) {
+      this.coap = new CoapAdapter({
+        host: c.coap.host,
+        port: c.coap.port,
+        maxPayloadSize: c.coap.maxPayloadSize,
+        maxBlockwiseTransfers: c.coap.maxBlockwiseTransfers,
+        maxBlockwisePerEndpoint: c.coap.maxBlockwisePerEndpoint,
+        blockwiseTimeoutMs: c.coap.blockwiseTimeout,
+        dedupWindowMs: c.store.dedupWindow,
+        allowAnonymous: c.auth.allowAnonymous,
+        registry,
+        ingest,
+        decoders,
+        metrics: this.metrics,
+        log: this.log,
+      })
+      await this.coap.start()
     }
     this.accepting = true
     this.log.info({
@@ -247,6 +270,7 @@ export class Gateway {
     this.accepting = false
     const steps: Array<[string, () => Promise<unknown>]> = [
       ['mqtt', async () => this.mqtt?.stop()],
+      ['coap', async () => this.coap?.stop()],
       ['forwarders', async () => Promise.all([...this.forwarders.values()].map(f => f.stop(remaining())))],
       ['admin', async () => this.admin?.close()],
       ['store', async () => this.store?.close()],

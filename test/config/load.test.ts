@@ -64,6 +64,7 @@ test('without a file every key takes its default', () => {
       shutdownTimeout: 10_000,
     },
     mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144 },
+    coap: { enabled: true, host: '0.0.0.0', port: 5683, maxPayloadSize: 65_536, maxBlockwiseTransfers: 256, maxBlockwisePerEndpoint: 4, blockwiseTimeout: 60_000 },
     admin: { host: '127.0.0.1', port: 9080 },
     auth: { allowAnonymous: false },
     devices: [],
@@ -412,6 +413,8 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_GATEWAY_ID', 'GRIDGATE_GATEWAY_DATA_DIR', 'GRIDGATE_GATEWAY_LOG_LEVEL', 'GRIDGATE_GATEWAY_SHUTDOWN_TIMEOUT',
     'GRIDGATE_MQTT_ENABLED', 'GRIDGATE_MQTT_HOST', 'GRIDGATE_MQTT_PORT', 'GRIDGATE_MQTT_MAX_PACKET_SIZE',
     'GRIDGATE_ADMIN_HOST', 'GRIDGATE_ADMIN_PORT', 'GRIDGATE_AUTH_ALLOW_ANONYMOUS',
+    'GRIDGATE_COAP_ENABLED', 'GRIDGATE_COAP_HOST', 'GRIDGATE_COAP_PORT', 'GRIDGATE_COAP_MAX_PAYLOAD_SIZE',
+    'GRIDGATE_COAP_MAX_BLOCKWISE_TRANSFERS', 'GRIDGATE_COAP_MAX_BLOCKWISE_PER_ENDPOINT', 'GRIDGATE_COAP_BLOCKWISE_TIMEOUT',
     'GRIDGATE_STORE_SYNC', 'GRIDGATE_STORE_DEDUP_WINDOW', 'GRIDGATE_STORE_COMMIT_DELAY',
     'GRIDGATE_STORE_MAX_BYTES', 'GRIDGATE_STORE_MIN_FREE_DISK', 'GRIDGATE_STORE_TTL', 'GRIDGATE_STORE_WHEN_FULL',
     'GRIDGATE_STORE_REJECT_WAIT', 'GRIDGATE_STORE_WAL_MAX_BYTES', 'GRIDGATE_STORE_RESERVE_BYTES',
@@ -424,7 +427,7 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
     'GRIDGATE_RULES',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 39, names.join(' '))
+  assert.equal(names.length, 46, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
