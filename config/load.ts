@@ -48,7 +48,15 @@ export function loadConfig (opts: LoadOptions = {}): Config {
   if (!result.success || details.length > 0) throw invalid(source, details)
 
   const config = result.data
-  config.gateway.dataDir = resolve(file === undefined ? cwd : dirname(file), config.gateway.dataDir)
+  const base = file === undefined ? cwd : dirname(file)
+  config.gateway.dataDir = resolve(base, config.gateway.dataDir)
+  // Certificate files, like the data dir, are relative to the config file's directory.
+  for (const tls of [config.mqtt.tls, config.websocket.tls]) {
+    if (tls === undefined) continue
+    tls.cert = resolve(base, tls.cert)
+    tls.key = resolve(base, tls.key)
+  }
+  if (config.mqtt.tls?.ca !== undefined) config.mqtt.tls.ca = resolve(base, config.mqtt.tls.ca)
   return deepFreeze(config)
 }
 

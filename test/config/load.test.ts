@@ -64,6 +64,11 @@ test('without a file every key takes its default', () => {
       shutdownTimeout: 10_000,
     },
     mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144 },
+    websocket: {
+      enabled: true, host: '0.0.0.0', port: 8080, mqttPath: '/mqtt', eventsPath: '/ws', maxFrameSize: 262_144,
+      maxBatch: 100, maxInflight: 16, maxBufferedBytes: 1_048_576, pingInterval: 30_000,
+    },
+    http: { enabled: true, maxBodySize: 1_048_576, pubsubName: 'gridgate' },
     admin: { host: '127.0.0.1', port: 9080 },
     auth: { allowAnonymous: false },
     devices: [],
