@@ -6,7 +6,6 @@
 //   POST /v1.0/publish/{pubsub}/{topic…}       → topic devices/{caller}/{topic}   (Dapr-style)
 //
 // One request is one event: the body, whatever its type (a JSON array included), is the event's data.
-import fs from 'node:fs'
 import type { IncomingMessage } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -17,6 +16,7 @@ import { isCommandTopic, type DeviceRecord } from '../../gateway/identity.js'
 import { dedupKey, type Ingest } from '../../gateway/ingest.js'
 import type { DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
+import { readPem } from '../mqtt/index.js'
 import { bearerCredential, supportsContentType, type DeviceAuth } from './auth.js'
 
 export interface HttpAdapterOptions {
@@ -105,7 +105,7 @@ export class HttpAdapter {
         void reply.code(400).type('application/json').send(errorBody('GG_ERR_PAYLOAD_INVALID', err.message))
       },
     }
-    if (o.tls !== undefined) options.https = { cert: fs.readFileSync(o.tls.cert), key: fs.readFileSync(o.tls.key) }
+    if (o.tls !== undefined) options.https = { cert: readPem('websocket.tls.cert', o.tls.cert), key: readPem('websocket.tls.key', o.tls.key) }
     this.app = Fastify(options) as unknown as FastifyInstance
     const app = this.app
 

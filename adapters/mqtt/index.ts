@@ -93,9 +93,9 @@ export class MqttAdapter implements DeviceAdapter {
     const t = this.o.tls
     if (t !== undefined) {
       this.tlsServer = tls.createServer({
-        cert: fs.readFileSync(t.cert),
-        key: fs.readFileSync(t.key),
-        ...(t.ca === undefined ? {} : { ca: fs.readFileSync(t.ca) }),
+        cert: readPem('mqtt.tls.cert', t.cert),
+        key: readPem('mqtt.tls.key', t.key),
+        ...(t.ca === undefined ? {} : { ca: readPem('mqtt.tls.ca', t.ca) }),
         // With a CA, a client may present a certificate (its CN names the device); without
         // requireClientCert a client without one authenticates with its password as on TCP.
         requestCert: t.ca !== undefined || t.requireClientCert,
@@ -259,6 +259,15 @@ export function protocolViolation (packet: PublishPacket): string | null {
   // [MQTT-1.5.3-2] A UTF-8 encoded string MUST NOT include U+0000.
   if (packet.topic.includes('\u0000')) return 'U+0000 in the topic name [MQTT-1.5.3-2]'
   return null
+}
+
+/** A certificate or key file named by the config; a missing file is a config error, not a crash. */
+export function readPem (key: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file)
+  } catch (err) {
+    throw new GridgateError('GG_ERR_CONFIG_INVALID', `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
+  }
 }
 
 /** The device a verified client certificate names (its subject CN), on TLS connections only. */

@@ -163,3 +163,9 @@ test('certificate paths are relative to the config file directory', (t) => {
   assert.deepEqual(c.mqtt.tls, { port: 8883, cert: path.join(dir, 'tls/server.pem'), key: path.join(dir, 'tls/server.key'), ca: path.join(dir, 'tls/ca.pem'), requireClientCert: false })
   assert.deepEqual(c.websocket.tls, { cert: path.join(dir, 'tls/server.pem'), key: '/abs/server.key' })
 })
+
+test('a certificate file that cannot be read stops the start with GG_ERR_CONFIG_INVALID', async (t) => {
+  const dir = tempDir(t)
+  const config = baseConfig(path.join(dir, 'data'), {}, { websocket: { host: '127.0.0.1', port: 0, tls: { cert: 'missing.pem', key: 'missing.key' } } })
+  await assert.rejects(startInProcess(t, config), (err: Error & { code?: string }) => err.code === 'GG_ERR_CONFIG_INVALID' && /websocket\.tls\.cert/.test(err.message))
+})
