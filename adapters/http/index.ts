@@ -94,7 +94,8 @@ export class HttpAdapter {
       logger: false,
       bodyLimit: o.maxBodySize,
       exposeHeadRoutes: false,
-      return503OnClosing: true,
+      // Requests that arrive while stopping are answered below in our shape, not fastify's.
+      return503OnClosing: false,
       // Malformed request lines and headers: our JSON shape, not fastify's.
       clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
         if (!socket.writable) return socket.destroy()
@@ -120,6 +121,11 @@ export class HttpAdapter {
       this.sendError(reply, g)
     })
     app.setNotFoundHandler((_req, reply) => { this.sendError(reply, new GridgateError('GG_ERR_NOT_FOUND', 'no such route')) })
+    app.addHook('onRequest', async (_req, reply) => {
+      if (this.closing === null) return
+      void reply.header('connection', 'close')
+      throw new GridgateError('GG_ERR_STORE_UNAVAILABLE', 'the gateway is stopping')
+    })
 
     if (o.ingestEnabled) this.routes(app)
 

@@ -169,3 +169,28 @@ test('with http.enabled false the listener serves no ingest routes', async (t) =
   assert.equal(r.status, 404)
   assert.equal(r.json?.code, 'GG_ERR_NOT_FOUND')
 })
+
+test('a request that arrives while the gateway stops gets a JSON 503; the one being committed is answered 202', async (t) => {
+  const { rx, gw, base } = await setup(t)
+  const socket = net.connect(Number(base.split(':').pop()), '127.0.0.1')
+  await once(socket, 'connect')
+  let answer = ''
+  socket.on('data', (b: Buffer) => { answer += b.toString() })
+  socket.on('error', () => {})
+  const request = (n: number): string => `POST /v1/devices/sensor-1/events/x HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH.authorization}\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"n":${n}}`
+  gw.store.fault('holdBeforeCommit', 1)
+  socket.write(request(1))
+  await waitFor(() => gw.store.faultValue('holding') === 1, 'the commit is held')
+  const stopped = gw.stop()
+  // Pipelined behind the first: it is read only once the first was answered, while stopping.
+  socket.write(request(2))
+  gw.store.fault('holdBeforeCommit', 0)
+  await stopped
+  await waitFor(() => (answer.match(/HTTP\/1\.1/g) ?? []).length === 2, 'two answers')
+  const [first, second] = answer.split(/(?=HTTP\/1\.1 )/)
+  assert.match(first!, /^HTTP\/1\.1 202 /)
+  assert.match(second!, /^HTTP\/1\.1 503 /)
+  assert.match(second!, /retry-after: 1/i)
+  assert.match(second!, /\{"code":"GG_ERR_STORE_UNAVAILABLE","message":"the gateway is stopping"\}$/)
+  assert.equal(rx.events.filter(e => (e.data as { n: number }).n === 2).length, 0)
+})
