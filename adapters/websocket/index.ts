@@ -130,7 +130,11 @@ export class WebSocketAdapter {
     const conn: Conn = { ws, device, inflight: 0, alive: true }
     this.conns.add(conn)
     this.o.metrics.connections.inc({ protocol: 'ws' })
-    ws.on('error', (err) => this.o.log.debug({ deviceId: device.id, err: err.message }, 'websocket error'))
+    ws.on('error', (err: Error & { code?: string }) => {
+      // ws closes with 1009 itself when a frame exceeds maxPayload.
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.o.metrics.websocketCloses.inc({ reason: 'frame_too_large' })
+      this.o.log.debug({ deviceId: device.id, err: err.message }, 'websocket error')
+    })
     ws.on('pong', () => { conn.alive = true })
     ws.on('close', () => {
       this.conns.delete(conn)
@@ -245,6 +249,7 @@ export class WebSocketAdapter {
       // The client does not read its answers: drop it rather than buffer without bound. Events already
       // acknowledged stay stored; a client that reconnects resends unacknowledged ids (deduplicated).
       this.o.log.warn({ deviceId: conn.device.id, bufferedBytes: ws.bufferedAmount }, 'websocket client does not read its acks; closing')
+      this.o.metrics.websocketCloses.inc({ reason: 'slow_consumer' })
       this.close(conn, 1008, 'slow consumer: acks are not read')
       return
     }
@@ -259,6 +264,7 @@ export class WebSocketAdapter {
   private keepalive (): void {
     for (const conn of this.conns) {
       if (!conn.alive) {
+        this.o.metrics.websocketCloses.inc({ reason: 'keepalive' })
         conn.ws.terminate()
         continue
       }

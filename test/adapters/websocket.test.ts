@@ -114,11 +114,12 @@ test('a full store nacks with GG_ERR_STORE_FULL', async (t) => {
 })
 
 test('a frame over websocket.maxFrameSize closes the connection with 1009', async (t) => {
-  const { port } = await setup(t)
+  const { gw, port } = await setup(t)
   const ws = await open(t, `ws://127.0.0.1:${port}/ws`)
   ws.send(JSON.stringify({ id: 'big', topic: 'devices/sensor-1/x', data: 'x'.repeat(8192) }))
   const [code] = await once(ws, 'close') as [number]
   assert.equal(code, 1009)
+  assert.equal((await gw.metrics.websocketCloses.get()).values.find(v => v.labels.reason === 'frame_too_large')?.value, 1)
 })
 
 test('the upgrade is refused with 401, 403 or 404 before any frame; ?auth= works for browsers', async (t) => {
@@ -154,6 +155,7 @@ test('a peer that stops answering pings is dropped', async (t) => {
   await waitFor(async () => await wsConnections(gw) === 0, 'the server dropped the silent peer')
   ws.resume()
   await once(ws, 'close')
+  assert.equal((await gw.metrics.websocketCloses.get()).values.find(v => v.labels.reason === 'keepalive')?.value, 1)
 })
 
 test('a client that does not read its acks is closed, not buffered for ever', async (t) => {
@@ -175,4 +177,5 @@ test('a client that does not read its acks is closed, not buffered for ever', as
   }
   ws.resume()
   await waitFor(() => closed, 'the client saw the connection close')
+  assert.equal((await gw.metrics.websocketCloses.get()).values.find(v => v.labels.reason === 'slow_consumer')?.value, 1)
 })
