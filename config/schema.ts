@@ -93,7 +93,7 @@ const mqttSchema = z.strictObject({
     // authenticates that device without a password.
     ca: z.string().min(1).optional(),
     requireClientCert: z.boolean().default(false),
-  }).optional(),
+  }).refine(t => !t.requireClientCert || t.ca !== undefined, { error: 'requireClientCert needs ca, the CA that signs client certificates', path: ['requireClientCert'] }).optional(),
 })
 
 // One listener for HTTP ingest, WebSocket JSON events and MQTT over WebSocket.

@@ -1,4 +1,4 @@
-// MQTT device adapter: aedes 2.x on TCP. Devices authenticate with username = device id and
+// MQTT device adapter: aedes 2.x on TCP, TLS (`mqtt.tls`) and WebSocket streams. Devices authenticate with username = device id and
 // password = secret; sessions are keyed by device; a publish is acknowledged (PUBACK/PUBREC) only
 // after its event committed, because aedes writes the ack right after authorizePublish returns.
 import fs from 'node:fs'
@@ -55,6 +55,7 @@ export class MqttAdapter implements DeviceAdapter {
   private broker!: Aedes
   private server!: net.Server
   private tlsServer: tls.Server | null = null
+  private closed = false
   private readonly sessions = new WeakMap<Client, Session>()
   private readonly inflight = new Set<Promise<unknown>>()
   private readonly sockets = new Set<Duplex>()
@@ -118,8 +119,6 @@ export class MqttAdapter implements DeviceAdapter {
     stream.once('close', () => this.sockets.delete(stream))
     this.broker.handle(stream as net.Socket)
   }
-
-  private closed = false
 
   private async authenticate (client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
     const source = remoteAddress(client)

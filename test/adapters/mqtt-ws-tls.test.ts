@@ -162,6 +162,8 @@ test('certificate paths are relative to the config file directory', (t) => {
   const c = loadConfig({ path: file, env: {} })
   assert.deepEqual(c.mqtt.tls, { port: 8883, cert: path.join(dir, 'tls/server.pem'), key: path.join(dir, 'tls/server.key'), ca: path.join(dir, 'tls/ca.pem'), requireClientCert: false })
   assert.deepEqual(c.websocket.tls, { cert: path.join(dir, 'tls/server.pem'), key: '/abs/server.key' })
+  const noCa = writeConfig(dir, { mqtt: { tls: { cert: 'a.pem', key: 'a.key', requireClientCert: true } } }, 'no-ca.yaml')
+  assert.throws(() => loadConfig({ path: noCa, env: {} }), (err: Error & { details?: string[] }) => err.details?.some(d => /mqtt\.tls\.requireClientCert: requireClientCert needs ca/.test(d)) === true)
 })
 
 test('a certificate file that cannot be read stops the start with GG_ERR_CONFIG_INVALID', async (t) => {
