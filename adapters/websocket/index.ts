@@ -140,19 +140,20 @@ export class WebSocketAdapter {
       this.conns.delete(conn)
       this.o.metrics.connections.dec({ protocol: 'ws' })
     })
-    ws.on('message', (data: RawData, isBinary: boolean) => {
+    ws.on('message', (data: RawData) => {
       conn.alive = true
-      const p = this.frame(conn, data, isBinary)
+      const p = this.frame(conn, data)
       this.frames.add(p)
       void p.finally(() => this.frames.delete(p))
     })
   }
 
-  private async frame (conn: Conn, data: RawData, isBinary: boolean): Promise<void> {
+  private async frame (conn: Conn, data: RawData): Promise<void> {
     let parsed: unknown
     try {
-      if (isBinary) throw new Error('binary frame')
-      parsed = JSON.parse(Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8'))
+      // Some clients send their JSON in binary frames; what counts is that it parses.
+      const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data)
+      parsed = JSON.parse(bytes.toString('utf8'))
     } catch {
       this.o.metrics.ingress.inc({ protocol: 'ws', outcome: 'refused' })
       return this.answer(conn, { nack: [nack(null, 'GG_ERR_PAYLOAD_INVALID', 'a frame is one JSON text: an event object or an array of them')] })

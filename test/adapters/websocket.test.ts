@@ -99,8 +99,10 @@ test('a frame that is not JSON or holds too many events is nacked and the connec
   assert.deepEqual((await answer(ws)).nack?.map(n => [n.id, n.code]), [[null, 'GG_ERR_BATCH_TOO_LARGE']])
   ws.send(JSON.stringify({ id: 'ok', topic: 'devices/sensor-1/x', data: 'ok' }))
   assert.deepEqual((await answer(ws)).ack?.map(x => x.id), ['ok'])
-  await waitFor(() => rx.events.length === 1, 'the valid event forwarded')
-  assert.deepEqual(rx.events.map(e => e.data), ['ok'])
+  ws.send(Buffer.from(JSON.stringify({ id: 'bin', topic: 'devices/sensor-1/x', data: 'json in a binary frame' })), { binary: true })
+  assert.deepEqual((await answer(ws)).ack?.map(x => x.id), ['bin'])
+  await waitFor(() => rx.events.length === 2, 'the valid events forwarded')
+  assert.deepEqual(rx.events.map(e => e.data), ['ok', 'json in a binary frame'])
 })
 
 test('a full store nacks with GG_ERR_STORE_FULL', async (t) => {
