@@ -92,6 +92,7 @@ test('every error is a JSON { code, message } with its status', async (t) => {
   const json = { 'content-type': 'application/json' }
   const cases: Array<[string, Promise<Awaited<ReturnType<typeof post>>>, number, string]> = [
     ['bad JSON', post(ev, '{"a":', { ...AUTH, ...json }), 400, 'GG_ERR_PAYLOAD_INVALID'],
+    ['bad percent-encoding in the path', post(`${base}/v1/devices/sensor-1/events/%E0%A4%A`, '{}', { ...AUTH, ...json }), 400, 'GG_ERR_PAYLOAD_INVALID'],
     ['empty Idempotency-Key', post(ev, '{}', { ...AUTH, ...json, 'idempotency-key': '' }), 400, 'GG_ERR_PAYLOAD_INVALID'],
     ['no credential', post(ev, '{}', json), 401, 'GG_ERR_AUTH_REQUIRED'],
     ['wrong secret', post(ev, '{}', { ...json, authorization: 'Bearer sensor-1:wrong-secret' }), 401, 'GG_ERR_AUTH_FAILED'],
