@@ -53,6 +53,13 @@ export function loadConfig (opts: LoadOptions = {}): Config {
 
   const config = result.data
   config.gateway.dataDir = resolve(baseDir, config.gateway.dataDir)
+  // Certificate files, like the data dir, are relative to the config file's directory.
+  for (const tls of [config.mqtt.tls, config.websocket.tls]) {
+    if (tls === undefined) continue
+    tls.cert = resolve(baseDir, tls.cert)
+    tls.key = resolve(baseDir, tls.key)
+  }
+  if (config.mqtt.tls?.ca !== undefined) config.mqtt.tls.ca = resolve(baseDir, config.mqtt.tls.ca)
   for (const rule of config.rules) {
     if (rule.protobuf !== undefined) rule.protobuf.file = resolve(baseDir, rule.protobuf.file)
   }

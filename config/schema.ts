@@ -85,6 +85,44 @@ const mqttSchema = z.strictObject({
   host: host('0.0.0.0'),
   port: port(1883),
   maxPacketSize: size('256KiB', { min: '1KiB', max: '256MiB' }),
+  // MQTT over TLS: a second listener on the same broker. Paths resolve against the config file's directory.
+  tls: z.strictObject({
+    port: port(8883),
+    cert: z.string().min(1),
+    key: z.string().min(1),
+    // CA bundle for client certificates; with it a client certificate whose CN is a device id
+    // authenticates that device without a password.
+    ca: z.string().min(1).optional(),
+    requireClientCert: z.boolean().default(false),
+  }).refine(t => !t.requireClientCert || t.ca !== undefined, { error: 'requireClientCert needs ca, the CA that signs client certificates', path: ['requireClientCert'] }).optional(),
+})
+
+// One listener for HTTP ingest, WebSocket JSON events and MQTT over WebSocket.
+const websocketSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  host: host('0.0.0.0'),
+  port: port(8080),
+  mqttPath: z.string().startsWith('/', { error: 'expected a path starting with /' }).default('/mqtt'),
+  eventsPath: z.string().startsWith('/', { error: 'expected a path starting with /' }).default('/ws'),
+  maxFrameSize: size('256KiB', { min: '1KiB', max: '64MiB' }),
+  // Events in one JSON frame (an array of events); a longer array is refused as a whole.
+  maxBatch: z.int().min(1).max(10_000).default(100),
+  // Frames of one connection being committed at once; beyond it the connection is not read.
+  maxInflight: z.int().min(1).max(1000).default(16),
+  // Answers queued for a client that does not read them; beyond it the connection is closed (1008).
+  maxBufferedBytes: size('1MiB', { min: '1KiB' }),
+  // A peer that does not answer a ping within one interval is dropped.
+  pingInterval: duration('30s'),
+  tls: z.strictObject({
+    cert: z.string().min(1),
+    key: z.string().min(1),
+  }).optional(),
+})
+
+const httpSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  maxBodySize: size('1MiB', { min: '1KiB', max: '64MiB' }),
+  pubsubName: z.string().regex(/^[A-Za-z0-9._-]{1,128}$/, expected('1 to 128 of A-Z a-z 0-9 . _ -')).default('gridgate'),
 })
 
 const coapSchema = z.strictObject({
@@ -270,6 +308,8 @@ export const configSchema = z.strictObject({
   gateway: gatewaySchema.prefault({}),
   mqtt: mqttSchema.prefault({}),
   coap: coapSchema.prefault({}),
+  websocket: websocketSchema.prefault({}),
+  http: httpSchema.prefault({}),
   admin: adminSchema.prefault({}),
   auth: authSchema.prefault({}),
   devices: z.array(deviceSchema)
@@ -289,6 +329,8 @@ export type Config = z.output<typeof configSchema>
 export type GatewaySection = Config['gateway']
 export type MqttSection = Config['mqtt']
 export type CoapSection = Config['coap']
+export type WebsocketSection = Config['websocket']
+export type HttpSection = Config['http']
 export type AdminSection = Config['admin']
 export type AuthSection = Config['auth']
 export type DeviceConfig = Config['devices'][number]

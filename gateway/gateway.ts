@@ -22,6 +22,9 @@ import type { Sink } from '../store-forward/sink.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
 import { MqttAdapter } from '../adapters/mqtt/index.js'
 import { CoapAdapter } from '../adapters/coap/index.js'
+import { HttpAdapter } from '../adapters/http/index.js'
+import { DeviceAuth } from '../adapters/http/auth.js'
+import { WebSocketAdapter } from '../adapters/websocket/index.js'
 
 export interface GatewayOptions {
   log?: Logger
@@ -78,6 +81,8 @@ export class Gateway {
   private admin: FastifyInstance | null = null
   private mqtt: MqttAdapter | null = null
   private coap: CoapAdapter | null = null
+  private web: HttpAdapter | null = null
+  private ws: WebSocketAdapter | null = null
   private accepting = false
   private stopping: Promise<void> | null = null
 
@@ -95,6 +100,8 @@ export class Gateway {
       admin: this.adminAddress,
       mqtt: this.mqttAddress,
       coap: this.coapAddress,
+      mqtts: this.mqtt?.tlsAddress() ?? null,
+      websocket: this.web?.address() ?? null,
     }
     const out: Record<string, string> = {}
     for (const [name, a] of Object.entries(all)) if (a !== null) out[name] = `${a.address}:${a.port}`
@@ -216,6 +223,7 @@ export class Gateway {
         host: c.mqtt.host,
         port: c.mqtt.port,
         maxPacketSize: c.mqtt.maxPacketSize,
+        tls: c.mqtt.tls,
         allowAnonymous: c.auth.allowAnonymous,
         rejectWaitMs: c.store.rejectWait,
         registry,
@@ -243,6 +251,44 @@ export class Gateway {
       })
       await this.coap.start()
     }
+    if (c.websocket.enabled || c.http.enabled) {
+      const auth = new DeviceAuth({ registry, allowAnonymous: c.auth.allowAnonymous, metrics: this.metrics, log: this.log })
+      const ws = c.websocket
+      if (ws.enabled) {
+        this.ws = new WebSocketAdapter({
+          eventsPath: ws.eventsPath,
+          mqttPath: ws.mqttPath,
+          maxFrameSize: ws.maxFrameSize,
+          maxBatch: ws.maxBatch,
+          maxInflight: ws.maxInflight,
+          maxBufferedBytes: ws.maxBufferedBytes,
+          pingIntervalMs: ws.pingInterval,
+          auth,
+          ingest,
+          decoders,
+          metrics: this.metrics,
+          log: this.log,
+          mqtt: this.mqtt,
+        })
+        this.ws.start()
+      }
+      const wsAdapter = this.ws
+      this.web = new HttpAdapter({
+        host: ws.host,
+        port: ws.port,
+        tls: ws.tls,
+        ingestEnabled: c.http.enabled,
+        maxBodySize: c.http.maxBodySize,
+        pubsubName: c.http.pubsubName,
+        auth,
+        ingest,
+        decoders,
+        metrics: this.metrics,
+        log: this.log,
+        onUpgrade: wsAdapter === null ? undefined : (req, socket, head) => wsAdapter.handleUpgrade(req, socket, head),
+      })
+      await this.web.start()
+    }
     this.accepting = true
     this.log.info({
       storeId: info.storeId,
@@ -269,8 +315,10 @@ export class Gateway {
     const remaining = (): number => Math.max(0, deadline - Date.now())
     this.accepting = false
     const steps: Array<[string, () => Promise<unknown>]> = [
+      ['websocket', async () => Promise.all([this.web?.stopAccepting(), this.ws?.stop()])],
       ['mqtt', async () => this.mqtt?.stop()],
       ['coap', async () => this.coap?.stop()],
+      ['websocket-close', async () => this.web?.stop()],
       ['forwarders', async () => Promise.all([...this.forwarders.values()].map(f => f.stop(remaining())))],
       ['admin', async () => this.admin?.close()],
       ['store', async () => this.store?.close()],

@@ -29,6 +29,7 @@ export class Metrics {
   readonly normalizeFailures: Counter<'protocol'>
   readonly dedupHits: Counter<'protocol'>
   readonly connections: Gauge<'protocol'>
+  readonly websocketCloses: Counter<'reason'>
   readonly uplinkSends: Counter<'uplink' | 'outcome'>
   readonly uplinkEvents: Counter<'uplink'>
   readonly uplinkLatency: Histogram<'uplink'>
@@ -50,6 +51,7 @@ export class Metrics {
     this.normalizeFailures = new Counter({ name: 'gridgate_normalize_failures_total', help: 'Payloads kept as raw bytes because they did not parse as their declared type.', labelNames: ['protocol'], registers })
     this.dedupHits = new Counter({ name: 'gridgate_dedup_hits_total', help: 'Device retransmissions answered with the original outcome instead of being stored again.', labelNames: ['protocol'], registers })
     this.connections = new Gauge({ name: 'gridgate_connections', help: 'Open device connections.', labelNames: ['protocol'], registers })
+    this.websocketCloses = new Counter({ name: 'gridgate_websocket_closes_total', help: 'WebSocket JSON connections closed by the gateway, by reason (slow_consumer, keepalive, frame_too_large).', labelNames: ['reason'], registers })
     this.uplinkSends = new Counter({ name: 'gridgate_uplink_sends_total', help: 'Batches sent to uplinks by outcome class.', labelNames: ['uplink', 'outcome'], registers })
     this.uplinkEvents = new Counter({ name: 'gridgate_uplink_events_total', help: 'Events delivered to uplinks.', labelNames: ['uplink'], registers })
     this.uplinkLatency = new Histogram({ name: 'gridgate_uplink_send_seconds', help: 'Time per batch send.', labelNames: ['uplink'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })

@@ -60,6 +60,7 @@ function writeDemoConfig (dataDir: string, receiverUrl: string, tokens: Record<D
     gateway: { id: 'demo-gw', dataDir, logLevel: 'info' },
     mqtt: { host: '127.0.0.1', port: 0 },
     coap: { host: '127.0.0.1', port: 0 },
+    websocket: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
     // Tokens in clear are fine for a demo; on a real box use tokenHash (gridgate hash-token).
     devices: DEVICES.map(id => ({ id, token: tokens[id] })),

@@ -1,7 +1,10 @@
-// MQTT device adapter: aedes 2.x on TCP. Devices authenticate with username = device id and
+// MQTT device adapter: aedes 2.x on TCP, TLS (`mqtt.tls`) and WebSocket streams. Devices authenticate with username = device id and
 // password = secret; sessions are keyed by device; a publish is acknowledged (PUBACK/PUBREC) only
 // after its event committed, because aedes writes the ack right after authorizePublish returns.
+import fs from 'node:fs'
 import net from 'node:net'
+import tls from 'node:tls'
+import type { Duplex } from 'node:stream'
 import type { AddressInfo } from 'node:net'
 import { Aedes } from 'aedes'
 import type { Client, AedesOptions, PublishPacket } from 'aedes'
@@ -16,6 +19,8 @@ export interface MqttAdapterOptions {
   host: string
   port: number
   maxPacketSize: number
+  /** MQTT over TLS on a second port of the same broker (`mqtt.tls`); PEM file paths. */
+  tls?: { port: number, cert: string, key: string, ca?: string | undefined, requireClientCert: boolean } | undefined
   allowAnonymous: boolean
   registry: DeviceRegistry
   ingest: Ingest
@@ -51,9 +56,11 @@ export function brokerClientId (deviceId: string, clientId: string): string {
 export class MqttAdapter implements DeviceAdapter {
   private broker!: Aedes
   private server!: net.Server
+  private tlsServer: tls.Server | null = null
+  private closed = false
   private readonly sessions = new WeakMap<Client, Session>()
   private readonly inflight = new Set<Promise<unknown>>()
-  private readonly sockets = new Set<net.Socket>()
+  private readonly sockets = new Set<Duplex>()
   private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
   private readonly anonymous: DeviceRecord = {
     id: ANONYMOUS_DEVICE,
@@ -65,6 +72,8 @@ export class MqttAdapter implements DeviceAdapter {
   constructor (private readonly o: MqttAdapterOptions) {}
 
   address (): AddressInfo { return this.server.address() as AddressInfo }
+  tlsAddress (): AddressInfo | null { return (this.tlsServer?.address() as AddressInfo | null) ?? null }
+  get maxPacketSize (): number { return this.o.maxPacketSize }
 
   async start (): Promise<void> {
     const opts: AedesOptions = {
@@ -82,13 +91,35 @@ export class MqttAdapter implements DeviceAdapter {
     this.broker.on('clientDisconnect', (client) => { if (client.connected || this.sessions.has(client)) this.o.metrics.connections.dec({ protocol: 'mqtt' }) })
     this.broker.on('clientError', (client, err) => this.o.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error'))
     this.broker.on('connectionError', (client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
-    this.server = net.createServer({ noDelay: true }, (socket) => {
-      socket.on('error', () => {})
-      this.sockets.add(socket)
-      socket.once('close', () => this.sockets.delete(socket))
-      this.broker.handle(socket)
-    })
+    this.server = net.createServer({ noDelay: true }, (socket) => this.handleStream(socket))
     await listen(this.server, this.o.port, this.o.host)
+    const t = this.o.tls
+    if (t !== undefined) {
+      this.tlsServer = tls.createServer({
+        cert: readPem('mqtt.tls.cert', t.cert),
+        key: readPem('mqtt.tls.key', t.key),
+        ...(t.ca === undefined ? {} : { ca: readPem('mqtt.tls.ca', t.ca) }),
+        // With a CA, a client may present a certificate (its CN names the device); without
+        // requireClientCert a client without one authenticates with its password as on TCP.
+        requestCert: t.ca !== undefined || t.requireClientCert,
+        rejectUnauthorized: t.requireClientCert,
+      }, (socket) => { socket.setNoDelay(true); this.handleStream(socket) })
+      this.tlsServer.on('tlsClientError', (err) => this.o.log.debug({ err: err.message }, 'mqtt tls handshake failed'))
+      await listen(this.tlsServer, t.port, this.o.host)
+    }
+  }
+
+  /**
+   * Serves one MQTT connection over any duplex stream: TCP, TLS, or a WebSocket stream from the
+   * websocket adapter (`remoteAddress` names its source in auth logs). Closed at stop like the others.
+   */
+  handleStream (stream: Duplex, remoteAddress?: string): void {
+    stream.on('error', () => {})
+    if (this.closed) { stream.destroy(); return }
+    if (remoteAddress !== undefined && !(stream instanceof net.Socket)) Object.assign(stream, { remoteAddress })
+    this.sockets.add(stream)
+    stream.once('close', () => this.sockets.delete(stream))
+    this.broker.handle(stream as net.Socket)
   }
 
   private async authenticate (client: Client, username: string | undefined, password: Buffer | undefined): Promise<void> {
@@ -98,7 +129,14 @@ export class MqttAdapter implements DeviceAdapter {
       // [MQTT-3.1.2-22] If the User Name Flag is 0, the Password Flag MUST be 0.
       throw this.authFailed(source, undefined, authError(4, 'GG_ERR_AUTH_FAILED'))
     }
-    if (username === undefined || username === '') {
+    const certDevice = certificateDevice(client)
+    if (certDevice !== undefined) {
+      // A verified client certificate names the device by its CN; no password is needed, and a user
+      // name that names another device is refused.
+      if (username !== undefined && username !== '' && username !== certDevice) throw this.authFailed(source, username, authError(5, 'GG_ERR_AUTH_FAILED'))
+      device = this.o.registry.get(certDevice)
+      if (device === undefined || !device.enabled) throw this.authFailed(source, certDevice, authError(5, 'GG_ERR_AUTH_FAILED'))
+    } else if (username === undefined || username === '') {
       if (!this.o.allowAnonymous) throw this.authFailed(source, undefined, authError(5, 'GG_ERR_AUTH_REQUIRED'))
       device = this.anonymous
     } else {
@@ -190,14 +228,17 @@ export class MqttAdapter implements DeviceAdapter {
 
   async stop (): Promise<void> {
     if (this.server === undefined) return
+    this.closed = true
     // Stop accepting; the close callback fires only once every open connection is gone.
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
+    const tlsClosed = new Promise<void>((resolve) => { if (this.tlsServer === null) resolve(); else this.tlsServer.close(() => resolve()) })
     // Publishes whose commit is under way finish and are acknowledged before connections close.
     await Promise.allSettled([...this.inflight])
     await new Promise<void>((resolve) => this.broker.close(() => resolve()))
     // The broker closes the clients it registered; a connection still authenticating is not one.
     for (const socket of this.sockets) socket.destroy()
     await closed
+    await tlsClosed
   }
 }
 
@@ -228,6 +269,23 @@ export function protocolViolation (packet: PublishPacket): string | null {
   // [MQTT-1.5.3-2] A UTF-8 encoded string MUST NOT include U+0000.
   if (packet.topic.includes('\u0000')) return 'U+0000 in the topic name [MQTT-1.5.3-2]'
   return null
+}
+
+/** A certificate or key file named by the config; a missing file is a config error, not a crash. */
+export function readPem (key: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file)
+  } catch (err) {
+    throw new GridgateError('GG_ERR_CONFIG_INVALID', `${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
+  }
+}
+
+/** The device a verified client certificate names (its subject CN), on TLS connections only. */
+function certificateDevice (client: Client): string | undefined {
+  const conn = client.conn as unknown
+  if (!(conn instanceof tls.TLSSocket) || !conn.authorized) return undefined
+  const cn = conn.getPeerCertificate().subject?.CN
+  return typeof cn === 'string' && cn !== '' ? cn : undefined
 }
 
 function remoteAddress (client: Client): string {

@@ -65,6 +65,11 @@ test('without a file every key takes its default', () => {
     },
     mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144 },
     coap: { enabled: true, host: '0.0.0.0', port: 5683, maxPayloadSize: 65_536, maxBlockwiseTransfers: 256, maxBlockwisePerEndpoint: 4, blockwiseTimeout: 60_000 },
+    websocket: {
+      enabled: true, host: '0.0.0.0', port: 8080, mqttPath: '/mqtt', eventsPath: '/ws', maxFrameSize: 262_144,
+      maxBatch: 100, maxInflight: 16, maxBufferedBytes: 1_048_576, pingInterval: 30_000,
+    },
+    http: { enabled: true, maxBodySize: 1_048_576, pubsubName: 'gridgate' },
     admin: { host: '127.0.0.1', port: 9080 },
     auth: { allowAnonymous: false },
     devices: [],
@@ -426,8 +431,14 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_DELAY', 'GRIDGATE_UPLINKS_CLOUD_TIMEOUT',
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
     'GRIDGATE_RULES',
+    'GRIDGATE_MQTT_TLS_PORT', 'GRIDGATE_MQTT_TLS_CERT', 'GRIDGATE_MQTT_TLS_KEY', 'GRIDGATE_MQTT_TLS_CA', 'GRIDGATE_MQTT_TLS_REQUIRE_CLIENT_CERT',
+    'GRIDGATE_WEBSOCKET_ENABLED', 'GRIDGATE_WEBSOCKET_HOST', 'GRIDGATE_WEBSOCKET_PORT', 'GRIDGATE_WEBSOCKET_MQTT_PATH',
+    'GRIDGATE_WEBSOCKET_EVENTS_PATH', 'GRIDGATE_WEBSOCKET_MAX_FRAME_SIZE', 'GRIDGATE_WEBSOCKET_MAX_BATCH',
+    'GRIDGATE_WEBSOCKET_MAX_INFLIGHT', 'GRIDGATE_WEBSOCKET_MAX_BUFFERED_BYTES', 'GRIDGATE_WEBSOCKET_PING_INTERVAL',
+    'GRIDGATE_WEBSOCKET_TLS_CERT', 'GRIDGATE_WEBSOCKET_TLS_KEY',
+    'GRIDGATE_HTTP_ENABLED', 'GRIDGATE_HTTP_MAX_BODY_SIZE', 'GRIDGATE_HTTP_PUBSUB_NAME',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 46, names.join(' '))
+  assert.equal(names.length, 66, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {

@@ -12,11 +12,13 @@ import { spawnGatewayProcess, type GatewayProcess as BaseProcess } from '../../s
 export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret', controller: 'controller-secret' } as const
 
 /** A config with two devices, MQTT, CoAP and admin on port 0, and the given uplink URLs. */
+/** A config with two devices, MQTT, WebSocket/HTTP and admin on port 0, and the given uplink URLs. */
 export function baseConfig (dataDir: string, uplinks: Record<string, string>, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     gateway: { id: 'gw-test', dataDir, logLevel: 'warn', shutdownTimeout: '10s' },
     mqtt: { host: '127.0.0.1', port: 0 },
     coap: { host: '127.0.0.1', port: 0 },
+    websocket: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
     devices: [
       ...(['sensor-1', 'sensor-2'] as const).map(id => ({ id, token: TOKENS[id] })),
