@@ -816,7 +816,10 @@ class Writer {
       this.db.pragma(`max_page_count = ${pages}`)
       try {
         this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run(`fault-${Date.now()}`, 'x'.repeat(64 * 1024))
-        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL', injected: true })
+        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' })
+      } catch (err) {
+        // A one-off failed commit, not a full disk: the store's state must not change.
+        throw Object.assign(err as Error, { injected: true })
       } finally {
         this.db.pragma(`max_page_count = ${this.diskFaultOn ? pages : this.maxPageCount}`)
       }
