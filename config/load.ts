@@ -49,6 +49,14 @@ export function loadConfig (opts: LoadOptions = {}): Config {
 
   const config = result.data
   config.gateway.dataDir = resolve(file === undefined ? cwd : dirname(file), config.gateway.dataDir)
+  // Uplink TLS files are relative to the config file too.
+  for (const u of config.uplinks) {
+    if (u.tls === undefined) continue
+    for (const k of ['ca', 'cert', 'key'] as const) {
+      const v = u.tls[k]
+      if (v !== undefined) u.tls[k] = resolve(file === undefined ? cwd : dirname(file), v)
+    }
+  }
   return deepFreeze(config)
 }
 

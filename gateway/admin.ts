@@ -29,6 +29,7 @@ export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forw
       oldestAgeSeconds: oldest === null || u.backlogEvents === 0 ? 0 : Math.max(0, (now - oldest) / 1000),
       deadLetters: u.deadLetters,
       lastError: f?.lastError ?? null,
+      endpoints: f?.endpoints() ?? [],
     }
   })
 }

@@ -11,6 +11,11 @@ export interface SinkEvent {
 export interface SinkBatch {
   storeId: string
   events: readonly SinkEvent[]
+  /**
+   * The request body, rendered once per batch by the first `prepare` (the forwarder calls it ahead of
+   * the send, while the previous batch is in flight) and shared by every endpoint of the uplink.
+   */
+  prepared?: Promise<unknown>
 }
 
 export type SendOutcome =
@@ -29,5 +34,30 @@ export interface Sink {
   /** Label for logs and metrics, e.g. "http". */
   readonly kind: string
   send (batch: SinkBatch, signal: AbortSignal): Promise<SendOutcome>
+  /** Renders the batch's request body into `batch.prepared` (idempotent); optional. */
+  prepare? (batch: SinkBatch): void
+  /** Per-endpoint health, for sinks that spread an uplink over several endpoints. */
+  endpoints? (): EndpointReport[]
   close (): Promise<void>
+}
+
+export type BreakerState = 'closed' | 'open' | 'half-open'
+
+export interface EndpointReport {
+  /** The URL or address, credentials removed. */
+  endpoint: string
+  breaker: BreakerState
+  consecutiveFailures: number
+  lastError: string | null
+}
+
+/** Memoizes a sink's rendering of a batch: the first caller renders, later callers (other endpoints) reuse it. */
+export function prepared<T> (batch: SinkBatch, render: (batch: SinkBatch) => T | Promise<T>): Promise<T> {
+  if (batch.prepared === undefined) {
+    const p = Promise.resolve().then(() => render(batch))
+    // A batch prepared ahead and then dropped (stop) must not leave an unhandled rejection behind.
+    p.catch(() => {})
+    batch.prepared = p
+  }
+  return batch.prepared as Promise<T>
 }

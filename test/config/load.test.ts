@@ -325,7 +325,7 @@ test('env overrides address list items by name or id, nested keys included', (t)
     GRIDGATE_DEVICES_SENSOR_2_PUBLISH: '["a/#", "b/+/c"]',
   })
   const [cloud] = config.uplinks
-  assert.equal(cloud?.url, 'https://cloud.example/events')
+  assert.equal(cloud?.type === 'http' ? cloud.url : undefined, 'https://cloud.example/events')
   assert.equal(cloud?.retry.maxDelay, 60_000)
   assert.equal(cloud?.retry.initialDelay, 100)
   assert.equal(cloud?.batchMaxEvents, 50)
@@ -426,7 +426,7 @@ test('the example file validates and its hash is of the token its comment names'
   assert.deepEqual(config.admin, { host: '127.0.0.1', port: 9080 })
   assert.deepEqual(config.devices.map((d) => d.id), ['sensor-1', 'sensor-2'])
   assert.equal(config.devices[0]?.token, 'sensor-1-secret-token')
-  assert.deepEqual(config.uplinks.map((u) => [u.name, u.type, u.url]), [['cloud', 'http', 'http://127.0.0.1:9000/events']])
+  assert.deepEqual(config.uplinks.map((u) => [u.name, u.type, u.type === 'http' ? u.url : u.address]), [['cloud', 'http', 'http://127.0.0.1:9000/events']])
 
   const [, , params, salt, hash] = (config.devices[1]?.tokenHash ?? '').split('$')
   assert.equal(params, 'ln=15,r=8,p=1')
