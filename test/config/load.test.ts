@@ -287,7 +287,7 @@ uplinks: [{ name: "cloud.1", type: http, url: "http://x" }]
 
 test('an unknown uplink type names the types there are', (t) => {
   const err = loadError(t, 'uplinks: [{ name: a, type: carrier-pigeon }, { name: b }]\n')
-  assert.deepEqual(err.details, ['uplinks[0].type: expected "http", got "carrier-pigeon"', 'uplinks[1].type: expected "http"'])
+  assert.deepEqual(err.details, ['uplinks[0].type: expected one of "http", "grpc", got "carrier-pigeon"', 'uplinks[1].type: expected one of "http", "grpc"'])
 })
 
 test('more than 62 uplinks are refused', (t) => {
@@ -405,8 +405,12 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_URL', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_EVENTS', 'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_BYTES',
     'GRIDGATE_UPLINKS_CLOUD_BATCH_MAX_DELAY', 'GRIDGATE_UPLINKS_CLOUD_TIMEOUT',
     'GRIDGATE_UPLINKS_CLOUD_RETRY_INITIAL_DELAY', 'GRIDGATE_UPLINKS_CLOUD_RETRY_MAX_DELAY',
+    'GRIDGATE_UPLINKS_CLOUD_ENDPOINTS', 'GRIDGATE_UPLINKS_CLOUD_SELECTION', 'GRIDGATE_UPLINKS_CLOUD_HEADERS',
+    'GRIDGATE_UPLINKS_CLOUD_BEARER_TOKEN', 'GRIDGATE_UPLINKS_CLOUD_GZIP', 'GRIDGATE_UPLINKS_CLOUD_TLS_CA',
+    'GRIDGATE_UPLINKS_CLOUD_TLS_CERT', 'GRIDGATE_UPLINKS_CLOUD_TLS_KEY', 'GRIDGATE_UPLINKS_CLOUD_BREAKER_FAILURES',
+    'GRIDGATE_UPLINKS_CLOUD_BREAKER_HALF_OPEN_AFTER',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 26, names.join(' '))
+  assert.equal(names.length, 36, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
