@@ -165,9 +165,11 @@ export class EndpointSet implements Sink {
     const from = ep.state
     ep.state = to
     const fields = { uplink: this.o.uplink, endpoint: ep.label, from, to, failures: ep.failures, reason: ep.lastError }
-    if (to === 'open') this.o.log.warn({ code: 'GG_ERR_UPLINK_UNREACHABLE', ...fields }, 'uplink endpoint failing; circuit open, it gets a probe batch later')
+    // One warning when an endpoint is ejected and one line when it is back: a probe that fails
+    // (half-open → open) is the same outage, not news.
+    if (to === 'open' && from === 'closed') this.o.log.warn({ code: 'GG_ERR_UPLINK_UNREACHABLE', ...fields }, 'uplink endpoint failing; circuit open, it gets a probe batch later')
     else if (to === 'closed') this.o.log.info(fields, 'uplink endpoint healthy again; circuit closed')
-    else this.o.log.debug(fields, 'uplink endpoint probed with one batch')
+    else this.o.log.debug(fields, to === 'open' ? 'probe batch failed; circuit open again' : 'uplink endpoint probed with one batch')
   }
 }
 
