@@ -61,3 +61,18 @@ export function prepared<T> (batch: SinkBatch, render: (batch: SinkBatch) => T |
   }
   return batch.prepared as Promise<T>
 }
+
+/** Events rendered between two yields to the event loop. */
+const SLICE = 64
+
+/**
+ * Calls `each` for every item, yielding to the event loop between slices: rendering a 500-event batch
+ * of a backlog takes milliseconds of main-thread time, and device traffic (reads, acks) must get in
+ * between rather than wait for the whole batch.
+ */
+export async function inSlices<T> (items: readonly T[], each: (item: T, index: number) => void): Promise<void> {
+  for (let i = 0; i < items.length; i++) {
+    if (i > 0 && i % SLICE === 0) await new Promise<void>(resolve => setImmediate(resolve))
+    each(items[i] as T, i)
+  }
+}

@@ -3,8 +3,9 @@
 // gzip. Status codes map to the forwarder's outcome classes (DESIGN.md "Uplinks"); retrying,
 // bisecting and cursor moves belong to the forwarder, so grpc-js' own retries are off.
 import * as grpc from '@grpc/grpc-js'
-import { encodeProtoBatch } from '../../gateway/event.js'
-import { prepared, type SendOutcome, type Sink, type SinkBatch } from '../../store-forward/sink.js'
+import protobuf from 'protobufjs'
+import { toProtoWithSequence } from '../../gateway/event.js'
+import { inSlices, prepared, type SendOutcome, type Sink, type SinkBatch } from '../../store-forward/sink.js'
 import { PUBLISH_PATH } from './schema.js'
 
 export { PUBLISH_PATH }
@@ -39,6 +40,8 @@ const RETRY = new Set<grpc.status>([
   grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.ABORTED, grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.CANCELLED,
 ])
+/** Field 1, wire type 2 (length-delimited): (1 << 3) | 2. */
+const EVENTS_FIELD_TAG = 10
 /** The longest pushback honoured (ms), as for HTTP's Retry-After. */
 const MAX_PUSHBACK = 3_600_000
 
@@ -82,8 +85,12 @@ export function createGrpcSink (opts: GrpcSinkOptions): Sink {
   const base = new grpc.Metadata()
   for (const [k, v] of Object.entries(opts.headers ?? {})) base.set(k.toLowerCase(), v)
   if (opts.bearerToken !== undefined) base.set('authorization', `Bearer ${opts.bearerToken}`)
-  const render = (batch: SinkBatch): Buffer => {
-    const bytes = encodeProtoBatch(batch.events, batch.storeId)
+  // encodeProtoBatch's output, encoded in slices so device traffic is served in between:
+  // CloudEventBatch is `repeated CloudEvent events = 1`, i.e. each event as field 1, length-delimited.
+  const render = async (batch: SinkBatch): Promise<Buffer> => {
+    const w = protobuf.Writer.create()
+    await inSlices(batch.events, (e) => { w.uint32(EVENTS_FIELD_TAG).bytes(toProtoWithSequence(e.body, batch.storeId, e.seq)) })
+    const bytes = w.finish()
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   }
   const identity = (b: Buffer): Buffer => b

@@ -5,8 +5,8 @@
 import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
 import { Agent, request, type Dispatcher } from 'undici'
-import { renderJsonBatch } from '../../gateway/event.js'
-import { prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
+import { decodeEvent, renderJson } from '../../gateway/event.js'
+import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
 
 const gzip = promisify(gzipCallback)
 
@@ -103,7 +103,12 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
   })
 
   const render = async (batch: SinkBatch): Promise<Body> => {
-    const json = Buffer.from(renderJsonBatch(batch.events, batch.storeId), 'utf8')
+    // renderJsonBatch's output, rendered in slices so device traffic is served in between.
+    let text = '['
+    await inSlices(batch.events, (e, i) => {
+      text += (i === 0 ? '' : ',') + renderJson(decodeEvent(e.body), batch.storeId, e.seq)
+    })
+    const json = Buffer.from(text + ']', 'utf8')
     if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
     // zlib runs on the libuv thread pool: compressing never blocks the event loop.
     return { bytes: await gzip(json), gzipped: true }
