@@ -33,10 +33,12 @@ export type ForwarderState = 'idle' | 'sending' | 'backoff' | 'rejected' | 'stop
 /** A page read ahead of the batch in flight: rows in (after, horizon] routed to this uplink. */
 interface Page { after: number, horizon: number, full: boolean, batch: SinkBatch }
 
-/** Weight of the newest sample in the round-trip and rate averages. */
+/** Weight of the newest sample in the round-trip average. */
 const EWMA = 0.2
 /** Shortest interval over which the arrival rate is sampled (ms). */
 const RATE_SAMPLE_MS = 100
+/** Age at which an arrival-rate sample has lost half its weight (ms). */
+const RATE_HALF_LIFE_MS = 1000
 
 /** Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): uniform in [0, min(cap, base·2^n)]. */
 export function backoffDelay (attempt: number, initialMs: number, maxMs: number, random: () => number): number {
@@ -172,10 +174,11 @@ export class Forwarder {
       let bytes = 0
       for (const r of rows) bytes += r.body.byteLength
       const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows }
-      // Render the request body now, off the critical path of the request in flight.
-      if (rows.length > 0) this.o.sink.prepare?.(batch)
       // Full: at the event limit, or one more row of average size would pass the byte limit.
       const full = rows.length >= this.o.batchMaxEvents || (rows.length > 0 && bytes + bytes / rows.length > this.o.batchMaxBytes)
+      // A full page (backlog) goes out as it is: render its request body now, while the request
+      // before it is in flight. A partial one may still be topped up, so it is rendered when sent.
+      if (full) this.o.sink.prepare?.(batch)
       return { after, horizon, full, batch }
     })
     p.catch(() => {})
@@ -192,7 +195,9 @@ export class Forwarder {
     const dt = now - mark.at
     if (dt < RATE_SAMPLE_MS) return
     const rate = (lastSeq - mark.seq) / dt
-    this.ratePerMs = this.ratePerMs === 0 ? rate : this.ratePerMs + EWMA * (rate - this.ratePerMs)
+    // Time-weighted: after a long quiet spell the new sample dominates.
+    const weight = 1 - Math.exp(-dt / RATE_HALF_LIFE_MS * Math.LN2)
+    this.ratePerMs = this.ratePerMs === 0 ? rate : this.ratePerMs + weight * (rate - this.ratePerMs)
     this.rateMark = { at: now, seq: lastSeq }
   }
 

@@ -3,6 +3,7 @@
 // custom headers, mutual TLS), each against real receivers with the gateway in-process.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
 import path from 'node:path'
@@ -177,4 +178,47 @@ test('the HTTP uplink speaks mutual TLS with a private CA', { skip: hasCommand('
   assert.equal(received[0]!.authorized, true)
   assert.equal(received[0]!.cn, 'gw-test')
   assert.equal((received[0]!.body[0] as { data: unknown }).data !== undefined, true)
+})
+
+test('a backlog drains over two round-robin endpoints in order, in pages, never two requests at once', async (t) => {
+  let up = false
+  let inFlight = 0
+  let maxInFlight = 0
+  const arrivals: Array<{ server: number, seqs: number[] }> = []
+  const servers = await Promise.all([0, 1].map(async (index) => {
+    const server = http.createServer((req, res) => {
+      inFlight++
+      maxInFlight = Math.max(maxInFlight, inFlight)
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        setTimeout(() => {
+          inFlight--
+          if (!up) { res.writeHead(503).end(); return }
+          const events = JSON.parse(Buffer.concat(chunks).toString()) as Array<{ sequence: string }>
+          arrivals.push({ server: index, seqs: events.map(e => Number(e.sequence)) })
+          res.writeHead(200).end()
+        }, 5)
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+    t.after(() => { server.closeAllConnections(); server.close() })
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`
+  }))
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), {}, {
+    uplinks: [httpUplink({ endpoints: servers, selection: 'round-robin', batchMaxEvents: 50, retry: { initialDelay: '10ms', maxDelay: '100ms' } })],
+  }))
+  const client = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await Promise.all(Array.from({ length: 600 }, (_, n) => client.publishAsync('devices/sensor-1/x', JSON.stringify({ n }), { qos: 1 })))
+  assert.equal(gw.store.uplinks.get('cloud')?.backlogEvents, 600)
+  up = true
+  // Live traffic while the backlog drains.
+  for (let n = 600; n < 650; n++) await client.publishAsync('devices/sensor-1/x', JSON.stringify({ n }), { qos: 1 })
+  await waitFor(() => arrivals.reduce((s, a) => s + a.seqs.length, 0) >= 650, 'backlog and live traffic delivered', 30_000)
+  const seqs = arrivals.flatMap(a => a.seqs)
+  assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), 'sequence order across both endpoints')
+  assert.equal(new Set(seqs).size, 650)
+  assert.equal(maxInFlight, 1, 'one request in flight per uplink')
+  assert.ok(arrivals.every(a => a.seqs.length <= 50), 'pages of at most batchMaxEvents')
+  assert.ok(arrivals.some(a => a.server === 0) && arrivals.some(a => a.server === 1), 'both endpoints took batches')
 })
