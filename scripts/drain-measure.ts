@@ -4,8 +4,9 @@
 //
 // 1. spawns the real gateway (child process) with one uplink whose receiver is down;
 // 2. publishes --events messages over MQTT QoS1 (the backlog), waiting for every PUBACK;
-// 3. brings the receiver up (in this process; it only counts) and, at the same time, starts live QoS1
-//    traffic at --rate msgs/s, recording each PUBACK's latency;
+// 3. brings the receiver up (a child process of its own, so decoding batches never delays this
+//    process's timing of PUBACKs; it only counts) and, at the same time, starts live QoS1 traffic at
+//    --rate msgs/s, recording each PUBACK's latency;
 // 4. reports the drain rate (backlog events / time until the last backlog event arrived), the gateway's
 //    peak RSS (VmRSS sampled from /proc every 100 ms, and VmHWM), and live PUBACK latency percentiles,
 //    as one JSON object on stdout. Progress goes to stderr.
@@ -15,11 +16,15 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import mqtt, { type MqttClient } from 'mqtt'
 import { stringify } from 'yaml'
 import { spawnGatewayProcess } from './gateway-process.js'
-import { startGrpcReceiver } from './grpc-receiver.js'
+import * as grpc from '@grpc/grpc-js'
+import { PUBLISH_PATH, decodeRawBatch, encodePublishResponse } from '../adapters/uplink-grpc/schema.js'
+import { decodeEvent } from '../gateway/event.js'
 
 const log = (line: string): void => { process.stderr.write(`${line}\n`) }
 
@@ -31,6 +36,8 @@ function args () {
       type: { type: 'string', default: 'http' },
       batch: { type: 'string', default: '500' },
       keep: { type: 'boolean', default: false },
+      serve: { type: 'string' },
+      port: { type: 'string' },
     },
   })
   const events = Number(values.events)
@@ -39,7 +46,7 @@ function args () {
   if (!Number.isInteger(events) || events < 1) throw new Error(`--events: expected a positive integer, got ${values.events}`)
   if (!Number.isFinite(rate) || rate < 0) throw new Error(`--rate: expected msgs/s, got ${values.rate}`)
   if (values.type !== 'http' && values.type !== 'grpc') throw new Error(`--type: expected http or grpc, got ${values.type}`)
-  return { events, rate, type: values.type, batch, keep: values.keep === true }
+  return { events, rate, type: values.type, batch, keep: values.keep === true, serve: values.serve, port: Number(values.port) }
 }
 
 async function freePort (): Promise<number> {
@@ -96,17 +103,53 @@ function percentile (sorted: readonly number[], p: number): number {
 
 interface Counter { backlog: number, live: number, lastBacklogAt: number, firstAt: number }
 
-function count (c: Counter, events: ReadonlyArray<Record<string, unknown>>): void {
-  const now = performance.now()
+function count (c: Counter, phases: readonly string[]): void {
+  const now = Date.now()
   if (c.firstAt === 0) c.firstAt = now
-  for (const e of events) {
-    if ((e.data as { phase?: string } | undefined)?.phase === 'backlog') {
+  for (const phase of phases) {
+    if (phase === 'backlog') {
       c.backlog++
       c.lastBacklogAt = now
     } else {
       c.live++
     }
   }
+}
+
+/** Receiver mode (a child process): counts backlog and live events, reports over IPC every 50 ms. */
+async function serve (type: string, port: number): Promise<void> {
+  const c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
+  if (type === 'http') {
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = []
+      req.on('data', (b: Buffer) => chunks.push(b))
+      req.on('end', () => {
+        const events = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Array<{ data?: { phase?: string } }>
+        count(c, events.map(e => e.data?.phase ?? ''))
+        res.writeHead(200).end()
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  } else {
+    // Counting needs only each event's data, not the reference receiver's full JSON rendering.
+    const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 * 1024 * 1024 })
+    const id = (b: Buffer): Buffer => b
+    server.addService({
+      Publish: { path: PUBLISH_PATH, requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id },
+    }, {
+      Publish: ((call, callback) => {
+        const phases = decodeRawBatch(call.request).map((body) => {
+          const data = decodeEvent(body).data
+          return data?.kind === 'json' ? (/"phase":"(\w+)"/.exec(data.text)?.[1] ?? '') : ''
+        })
+        count(c, phases)
+        callback(null, encodePublishResponse(phases.length))
+      }) satisfies grpc.handleUnaryCall<Buffer, Buffer>,
+    })
+    await new Promise<void>((resolve, reject) => server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err) => err === null ? resolve() : reject(err)))
+  }
+  setInterval(() => process.send?.(c), 50)
+  process.send?.({ ready: true })
 }
 
 async function main (): Promise<void> {
@@ -132,24 +175,18 @@ async function main (): Promise<void> {
     const afterBacklog = procStatus(pid)
     log(`backlog built at ${Math.round(ingestRate)} msgs/s; gateway RSS ${(afterBacklog.rss / 2 ** 20).toFixed(1)} MiB`)
 
-    const c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
-    let closeReceiver: () => Promise<void>
+    let c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
     const upAt = performance.now()
-    if (o.type === 'http') {
-      const server = http.createServer((req, res) => {
-        const chunks: Buffer[] = []
-        req.on('data', (b: Buffer) => chunks.push(b))
-        req.on('end', () => {
-          count(c, JSON.parse(Buffer.concat(chunks).toString('utf8')) as Array<Record<string, unknown>>)
-          res.writeHead(200).end()
-        })
+    const upAtWall = Date.now()
+    const receiver = fork(fileURLToPath(import.meta.url), ['--serve', o.type, '--port', String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    await new Promise<void>((resolve, reject) => {
+      receiver.on('message', (m: Counter | { ready: true }) => {
+        if ('ready' in m) resolve()
+        else c = m
       })
-      await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
-      closeReceiver = () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()) })
-    } else {
-      const rx = await startGrpcReceiver({ port, keep: false, onEvents: (events) => count(c, events) })
-      closeReceiver = () => rx.close()
-    }
+      receiver.once('exit', (code) => reject(new Error(`the receiver exited (${code})`)))
+    })
+    const closeReceiver = async (): Promise<void> => { receiver.kill('SIGKILL') }
     log('receiver up; draining with live traffic')
 
     // Live traffic: rate msgs/s in 10 ms ticks, each PUBACK timed.
@@ -183,7 +220,7 @@ async function main (): Promise<void> {
         log(`  drained ${c.backlog}/${o.events}, live delivered ${c.live}, RSS ${(procStatus(pid).rss / 2 ** 20).toFixed(1)} MiB`)
       }
     }
-    const drainSecs = (c.lastBacklogAt - upAt) / 1000
+    const drainSecs = (c.lastBacklogAt - upAtWall) / 1000
     // Keep live traffic going a little longer: the latency after the drain is the baseline.
     await sleep(2000)
     clearInterval(tick)
@@ -232,7 +269,8 @@ async function main (): Promise<void> {
   }
 }
 
-main().catch((err: Error) => {
+const cli = args()
+;(cli.serve === undefined ? main() : serve(cli.serve, cli.port)).catch((err: Error) => {
   process.stderr.write(`drain-measure: ${err.stack ?? err.message}\n`)
   process.exitCode = 1
 })

@@ -120,7 +120,7 @@ export class EndpointSet implements Sink {
     const wait = Math.max(1, due - now)
     const open = this.list.filter(ep => ep.state === 'open').length
     const reason = open === this.list.length ? 'circuit open on every endpoint' : 'every endpoint asked to wait (Retry-After)'
-    return { kind: 'retry', reason, retryAfterMs: wait }
+    return { kind: 'retry', reason, retryAfterMs: wait, notSent: true }
   }
 
   private combine (failed: readonly SendOutcome[]): SendOutcome {

@@ -246,6 +246,8 @@ export class Forwarder {
     const outcome = await this.o.sink.send(batch, this.controller.signal)
     const ms = performance.now() - started
     if (outcome.kind === 'delivered') this.rttMs = this.rttMs === 0 ? ms : this.rttMs + EWMA * (ms - this.rttMs)
+    // A batch held back by open breakers was not sent: no latency, no send to count.
+    if (outcome.kind === 'retry' && outcome.notSent === true) return outcome
     this.o.metrics.uplinkLatency.observe({ uplink: this.o.name }, ms / 1000)
     this.o.metrics.uplinkSends.inc({ uplink: this.o.name, outcome: outcome.kind })
     return outcome

@@ -21,8 +21,11 @@ export interface SinkBatch {
 export type SendOutcome =
   /** 2xx / gRPC OK. */
   | { kind: 'delivered' }
-  /** Network error, timeout, 408, 429, 5xx: retry with backoff, honouring retryAfterMs. */
-  | { kind: 'retry', reason: string, status?: number, retryAfterMs?: number }
+  /**
+   * Network error, timeout, 408, 429, 5xx: retry with backoff, honouring retryAfterMs. `notSent`:
+   * nothing went out (every endpoint's breaker open, or waiting out a Retry-After).
+   */
+  | { kind: 'retry', reason: string, status?: number, retryAfterMs?: number, notSent?: true }
   /** 400/422: something in the batch is poison; bisect, dead-letter what fails alone. */
   | { kind: 'poison', reason: string, status: number }
   /** 413: halve the batch; a single event still too large is dead-lettered as too_large. */

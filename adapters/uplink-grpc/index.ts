@@ -72,14 +72,14 @@ export function createGrpcSink (opts: GrpcSinkOptions): Sink {
       tls.key === undefined ? null : Buffer.from(tls.key),
       tls.cert === undefined ? null : Buffer.from(tls.cert))
   const reconnectMax = opts.reconnectMaxMs ?? 10_000
+  // No keepalive pings: servers commonly refuse pings more often than every 5 min (GOAWAY
+  // too_many_pings); the per-call deadline already bounds a dead connection.
   const client = new grpc.Client(opts.address, credentials, {
     'grpc.max_send_message_length': -1,
     'grpc.max_receive_message_length': 1024 * 1024,
     'grpc.enable_retries': 0,
     'grpc.initial_reconnect_backoff_ms': Math.min(200, reconnectMax),
     'grpc.max_reconnect_backoff_ms': reconnectMax,
-    'grpc.keepalive_time_ms': 30_000,
-    'grpc.keepalive_timeout_ms': Math.max(1000, Math.min(20_000, opts.timeoutMs)),
     ...(opts.gzip === true ? { 'grpc.default_compression_algorithm': grpc.compressionAlgorithms.gzip } : {}),
   })
   const base = new grpc.Metadata()
