@@ -102,6 +102,8 @@ export class Forwarder {
       clearTimeout(timer)
       this.o.store.off('appended', this.onAppended)
       this.state = 'stopped'
+      // Connection pools and channels go with the forwarder that used them.
+      await this.o.sink.close().catch(() => {})
     }
   }
 

@@ -115,3 +115,19 @@ test('the reference receiver runs as a script and prints each event as a JSON li
   assert.deepEqual(ev.data, { hello: 'cloud' })
   assert.equal(ev.storeid, gw.store.info.storeId)
 })
+
+test('gRPC failover: while the first receiver answers UNAVAILABLE the second one gets the events', async (t) => {
+  const first = await startGrpcReceiver()
+  const second = await startGrpcReceiver()
+  t.after(() => Promise.all([first.close(), second.close()]))
+  first.respond = () => ({ code: 14, details: 'draining' })
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), {}, {
+    uplinks: [{ ...grpcUplink(''), address: undefined, endpoints: [first.address, second.address], breaker: { failures: 1, halfOpenAfter: '1m' } }],
+  }))
+  const client = await connect(t, gw.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  for (let n = 0; n < 3; n++) await client.publishAsync('devices/sensor-1/x', JSON.stringify({ n }), { qos: 1 })
+  await waitFor(() => second.events.length === 3, 'three events at the second receiver')
+  assert.deepEqual(second.events.map(e => (e.data as { n: number }).n), [0, 1, 2])
+  assert.equal(first.events.length, 0)
+  assert.equal(first.calls.length, 1, 'the first receiver was ejected after one failure')
+})
