@@ -227,7 +227,7 @@ const httpUplinkSchema = uplinkType('http', {
 }).superRefine(oneEndpointKey('url'), runDespiteIssues)
 
 // host:port, [v6]:port, or a grpc-js target URI (dns:///host:port, unix:/path).
-const grpcAddress = () => z.string().regex(/^(\S+:\d{1,5}|(dns|unix|ipv4|ipv6):\S+)$/, expected('host:port'))
+const grpcAddress = () => z.string().regex(/^([^\s/]+:\d{1,5}|(dns|unix|ipv4|ipv6):\S+)$/, expected('host:port'))
 
 const grpcUplinkSchema = uplinkType('grpc', {
   address: grpcAddress().optional(),

@@ -51,6 +51,8 @@ test('url (or address) and endpoints: exactly one of them', (t) => {
     ['uplinks[0].endpoints: give url or endpoints, not both'])
   assert.deepEqual(problems(t, 'uplinks: [{ name: a, type: http, endpoints: [] }]\n'), ['uplinks[0].endpoints: expected at least 1 items'])
   assert.deepEqual(problems(t, 'uplinks: [{ name: a, type: grpc, address: "http://x:1/" }]\n'), ['uplinks[0].address: expected host:port, got "http://x:1/"'])
+  assert.deepEqual(problems(t, 'uplinks: [{ name: a, type: grpc, address: "http://x:1" }]\n'), ['uplinks[0].address: expected host:port, got "http://x:1"'])
+  assert.equal(load(t, 'uplinks: [{ name: a, type: grpc, endpoints: ["[::1]:50051", "dns:///ingest.example.com:443"] }]\n').config.uplinks[0]?.type, 'grpc')
   assert.deepEqual(problems(t, 'uplinks: [{ name: a, type: http, url: "http://x/e", selection: random }]\n'),
     ['uplinks[0].selection: expected one of "failover", "round-robin", got "random"'])
   assert.deepEqual(problems(t, 'uplinks: [{ name: a, type: http, url: "https://x/e", tls: { cert: c.pem } }]\n'),
@@ -61,11 +63,13 @@ test('check-config redacts the bearer token and header values', (t) => {
   const { config } = load(t, `
 uplinks:
   - { name: cloud, type: http, url: "https://x.example/e", bearerToken: "tok-very-secret", headers: { X-Api-Key: key-very-secret } }
+  - { name: backup, type: http, endpoints: ["https://u:pw-very-secret@a.example/e", "https://b.example/e"] }
 `)
   const text = renderConfig(config)
   assert.doesNotMatch(text, /very-secret/)
   assert.match(text, /bearerToken: <redacted>/)
   assert.match(text, /headers: <redacted>/)
+  assert.match(text, /https:\/\/u:<redacted>@a\.example\/e/)
 })
 
 test('an unreadable uplink TLS file stops the start with the path that failed', async (t) => {
