@@ -63,6 +63,14 @@ export function loadConfig (opts: LoadOptions = {}): Config {
   for (const rule of config.rules) {
     if (rule.protobuf !== undefined) rule.protobuf.file = resolve(baseDir, rule.protobuf.file)
   }
+  // Uplink TLS files are relative to the config file too.
+  for (const u of config.uplinks) {
+    if (u.tls === undefined) continue
+    for (const k of ['ca', 'cert', 'key'] as const) {
+      const v = u.tls[k]
+      if (v !== undefined) u.tls[k] = resolve(baseDir, v)
+    }
+  }
   return deepFreeze(config)
 }
 

@@ -253,6 +253,48 @@ const uplinkCommon = {
   retry: retrySchema.prefault({}),
 }
 
+// How an uplink reaches its endpoints: TLS files, auth, compression, selection and circuit breaker.
+// All optional, so an uplink that does not use them reads back exactly as written.
+const uplinkTlsSchema = z.strictObject({
+  // PEM files, relative to the config file. ca replaces the system CAs; cert + key enable mutual TLS.
+  ca: z.string().min(1).optional(),
+  cert: z.string().min(1).optional(),
+  key: z.string().min(1).optional(),
+}).superRefine((t, ctx) => {
+  if ((t.cert === undefined) !== (t.key === undefined)) ctx.addIssue({ code: 'custom', message: 'cert and key go together, give both or neither' })
+}, runDespiteIssues)
+
+const breakerSchema = z.strictObject({
+  failures: z.int().min(1).max(1000).default(5), // consecutive failed batches that open an endpoint's breaker
+  // Wait before one probe batch; default: the uplink's retry.maxDelay.
+  halfOpenAfter: z.union([z.string(), z.number()], expected('a duration like 30s or a number of milliseconds'))
+    .transform((v, ctx) => convert(v, parseDuration, ctx) ?? z.NEVER)
+    .register(leafMeta, { unit: 'duration' })
+    .optional(),
+})
+
+// HTTP header names (RFC 9110 §5.6.2 token); values may carry API keys, so check-config redacts them.
+const headersSchema = z.record(z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, expected('an HTTP header name')), z.string())
+  .register(leafMeta, { secret: true })
+
+const uplinkDelivery = {
+  selection: z.enum(['failover', 'round-robin']).optional(), // default failover
+  headers: headersSchema.optional(),
+  bearerToken: z.string().min(1).register(leafMeta, { secret: true }).optional(),
+  gzip: z.boolean().optional(), // default false
+  tls: uplinkTlsSchema.optional(),
+  breaker: breakerSchema.optional(),
+}
+
+// `url`/`address` names one endpoint, `endpoints` several; exactly one of the two.
+function oneEndpointKey (key: 'url' | 'address') {
+  return (u: { endpoints?: unknown }, ctx: z.RefinementCtx) => {
+    const single = (u as Record<string, unknown>)[key]
+    if (single === undefined && u.endpoints === undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'required' })
+    else if (single !== undefined && u.endpoints !== undefined) ctx.addIssue({ code: 'custom', path: ['endpoints'], message: `give ${key} or endpoints, not both` })
+  }
+}
+
 function uplinkType<T extends string, S extends z.core.$ZodLooseShape> (type: T, own: S) {
   return z.strictObject({
     name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/i,
@@ -263,11 +305,24 @@ function uplinkType<T extends string, S extends z.core.$ZodLooseShape> (type: T,
   })
 }
 
-const httpUplinkSchema = uplinkType('http', {
-  url: z.url({ protocol: /^https?$/, ...expected('an http:// or https:// URL') }),
-})
+const httpUrl = () => z.url({ protocol: /^https?$/, ...expected('an http:// or https:// URL') })
 
-const uplinkTypes = [httpUplinkSchema] as const
+const httpUplinkSchema = uplinkType('http', {
+  url: httpUrl().optional(),
+  endpoints: z.array(httpUrl()).min(1).optional(),
+  ...uplinkDelivery,
+}).superRefine(oneEndpointKey('url'), runDespiteIssues)
+
+// host:port, [v6]:port, or a grpc-js target URI (dns:///host:port, unix:/path).
+const grpcAddress = () => z.string().regex(/^([^\s/]+:\d{1,5}|(dns|unix|ipv4|ipv6):\S+)$/, expected('host:port'))
+
+const grpcUplinkSchema = uplinkType('grpc', {
+  address: grpcAddress().optional(),
+  endpoints: z.array(grpcAddress()).min(1).optional(),
+  ...uplinkDelivery,
+}).superRefine(oneEndpointKey('address'), runDespiteIssues)
+
+const uplinkTypes = [httpUplinkSchema, grpcUplinkSchema] as const
 
 const MAX_UPLINKS = 62
 
@@ -339,3 +394,4 @@ export type UplinkConfig = Config['uplinks'][number]
 export type HttpUplinkConfig = Extract<UplinkConfig, { type: 'http' }>
 export type RetryConfig = HttpUplinkConfig['retry']
 export type RuleConfig = Config['rules'][number]
+export type GrpcUplinkConfig = Extract<UplinkConfig, { type: 'grpc' }>

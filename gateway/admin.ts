@@ -32,6 +32,7 @@ export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forw
       lastError: f?.lastError ?? null,
       dropped: { ...u.dropped },
       deadLettersDropped: u.deadLettersDropped,
+      endpoints: f?.endpoints() ?? [],
     }
   })
 }

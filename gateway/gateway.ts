@@ -19,7 +19,9 @@ import { createAdmin, uplinkReport } from './admin.js'
 import { Store, type StoreOptions } from '../store-forward/store.js'
 import { Forwarder } from '../store-forward/forwarder.js'
 import type { Sink } from '../store-forward/sink.js'
+import { EndpointSet, endpointLabel } from '../store-forward/endpoints.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
+import { createGrpcSink } from '../adapters/uplink-grpc/index.js'
 import { MqttAdapter } from '../adapters/mqtt/index.js'
 import { CoapAdapter } from '../adapters/coap/index.js'
 import { HttpAdapter } from '../adapters/http/index.js'
@@ -38,13 +40,42 @@ export interface GatewayOptions {
   maintainIntervalMs?: number
 }
 
-/** The config's `type` picks the sink factory. */
-const sinkFactories: { [K in UplinkConfig['type']]: (u: Extract<UplinkConfig, { type: K }>) => Sink } = {
-  http: (u) => createHttpSink({ url: u.url, timeoutMs: u.timeout }),
+/** The config's `type` picks the sink factory; each endpoint gets its own sink. */
+const sinkFactories: { [K in UplinkConfig['type']]: (u: Extract<UplinkConfig, { type: K }>, endpoint: string) => Sink } = {
+  http: (u, url) => createHttpSink({ url, timeoutMs: u.timeout, ...deliveryOptions(u) }),
+  grpc: (u, address) => createGrpcSink({ address, timeoutMs: u.timeout, reconnectMaxMs: u.retry.maxDelay, ...deliveryOptions(u) }),
 }
 
-function createSink (u: UplinkConfig): Sink {
-  return sinkFactories[u.type](u)
+/** Endpoints, selection and circuit breakers around the per-endpoint sinks (store-forward/endpoints.ts). */
+function createSink (u: UplinkConfig, log: Logger): Sink {
+  const single = u.type === 'http' ? u.url : u.address
+  const targets = u.endpoints ?? (single === undefined ? [] : [single])
+  const factory = sinkFactories[u.type] as (u: UplinkConfig, endpoint: string) => Sink
+  return new EndpointSet(targets.map(t => ({ label: endpointLabel(t), sink: factory(u, t) })), {
+    uplink: u.name,
+    selection: u.selection ?? 'failover',
+    breaker: { failures: u.breaker?.failures ?? 5, halfOpenAfterMs: u.breaker?.halfOpenAfter ?? u.retry.maxDelay },
+    log,
+  })
+}
+
+function deliveryOptions (u: UplinkConfig) {
+  const tls: { ca?: Buffer, cert?: Buffer, key?: Buffer } = {}
+  for (const k of ['ca', 'cert', 'key'] as const) {
+    const file = u.tls?.[k]
+    if (file === undefined) continue
+    try {
+      tls[k] = fs.readFileSync(file)
+    } catch (err) {
+      throw new GridgateError('GG_ERR_CONFIG_INVALID', `uplinks.${u.name}.tls.${k}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
+    }
+  }
+  return {
+    ...(u.headers === undefined ? {} : { headers: u.headers }),
+    ...(u.bearerToken === undefined ? {} : { bearerToken: u.bearerToken }),
+    ...(u.gzip === undefined ? {} : { gzip: u.gzip }),
+    ...(u.tls === undefined ? {} : { tls }),
+  }
 }
 
 /** The store's options that come from the config (shared with `gridgate dlq` on a stopped gateway). */
@@ -165,7 +196,7 @@ export class Gateway {
       const f = new Forwarder({
         name: u.name,
         slot: state.slot,
-        sink: createSink(u),
+        sink: createSink(u, this.log),
         store: this.store,
         batchMaxEvents: u.batchMaxEvents,
         batchMaxBytes: u.batchMaxBytes,

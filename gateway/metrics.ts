@@ -10,6 +10,7 @@ export interface UplinkGaugeSource {
   backlogBytes: number
   oldestAgeSeconds: number
   state: string
+  endpoints?: ReadonlyArray<{ endpoint: string, breaker: string }>
 }
 
 export interface StoreGaugeSource {
@@ -19,6 +20,8 @@ export interface StoreGaugeSource {
   diskFree: number | null
   uplinks: ReadonlyMap<string, { deadLetters: number }>
 }
+/** gridgate_uplink_breaker_state values. */
+export const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 
 export const UPLINK_STATES = ['idle', 'sending', 'backoff', 'rejected', 'stopped'] as const
 
@@ -100,6 +103,14 @@ export class Metrics {
       name: 'gridgate_uplink_state', help: '1 for the state each uplink is in.', labelNames: ['uplink', 'state'], registers,
       collect () {
         for (const u of uplinkSources()) for (const s of UPLINK_STATES) this.set({ uplink: u.name, state: s }, u.state === s ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'gridgate_uplink_breaker_state', help: 'Circuit breaker of each uplink endpoint: 0 closed, 1 open, 2 half-open.', labelNames: ['uplink', 'endpoint'], registers,
+      collect () {
+        for (const u of uplinkSources()) {
+          for (const e of u.endpoints ?? []) this.set({ uplink: u.name, endpoint: e.endpoint }, BREAKER_STATES[e.breaker as keyof typeof BREAKER_STATES] ?? 0)
+        }
       },
     })
   }

@@ -2,10 +2,16 @@
 // batch at a time through its sink, and moves its own cursor only after the sink says delivered.
 // Outcome classes (DESIGN.md "Uplinks"): retry with capped exponential backoff and full jitter
 // (Retry-After wins), bisect poison into dead letters, keep everything when the uplink refuses us.
+//
+// Draining a backlog is pipelined: while one batch is in flight the next page is read and its request
+// body rendered (and compressed), so the only serial step is the request itself. Memory stays at two
+// pages whatever the backlog. With live traffic the batch size follows rate × round-trip time: a batch
+// goes out as soon as it holds what arrives during one request (at least one event), and waits up to
+// batchMaxDelay for that many, never beyond batchMaxEvents/batchMaxBytes.
 import type { Logger } from 'pino'
 import type { Metrics } from '../gateway/metrics.js'
-import type { Sink, SinkEvent, SendOutcome } from './sink.js'
-import type { Store, StoredRow } from './store.js'
+import type { Sink, SinkBatch, SinkEvent, SendOutcome, EndpointReport } from './sink.js'
+import type { Store } from './store.js'
 
 export interface ForwarderOptions {
   name: string
@@ -23,6 +29,16 @@ export interface ForwarderOptions {
 }
 
 export type ForwarderState = 'idle' | 'sending' | 'backoff' | 'rejected' | 'stopped'
+
+/** A page read ahead of the batch in flight: rows in (after, horizon] routed to this uplink. */
+interface Page { after: number, horizon: number, full: boolean, batch: SinkBatch }
+
+/** Weight of the newest sample in the round-trip average. */
+const EWMA = 0.2
+/** Shortest interval over which the arrival rate is sampled (ms). */
+const RATE_SAMPLE_MS = 100
+/** Age at which an arrival-rate sample has lost half its weight (ms). */
+const RATE_HALF_LIFE_MS = 1000
 
 /** Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): uniform in [0, min(cap, base·2^n)]. */
 export function backoffDelay (attempt: number, initialMs: number, maxMs: number, random: () => number): number {
@@ -42,13 +58,32 @@ export class Forwarder {
   private running: Promise<void> | null = null
   private failures = 0
   private readonly random: () => number
-  private readonly onAppended = (): void => { this.wake?.() }
   /** Everything at or below this was removed by store policy (drop-oldest, TTL, maxLag): never sent. */
   private skipFloor = 0
+  private ahead: Promise<Page> | null = null
+  /** Smoothed time per delivered batch (ms) and arrival rate (events/ms), for the batch target. */
+  private rttMs = 0
+  private ratePerMs = 0
+  private rateMark = { at: 0, seq: 0 }
+  private readonly onAppended = (lastSeq: number): void => {
+    this.sampleRate(lastSeq)
+    this.wake?.()
+  }
 
   constructor (private readonly o: ForwarderOptions, cursor: number) {
     this.position = cursor
     this.random = o.random ?? Math.random
+  }
+
+  /** Per-endpoint breaker state when the sink spreads the uplink over endpoints. */
+  endpoints (): EndpointReport[] {
+    return this.o.sink.endpoints?.() ?? []
+  }
+
+  /** Events per batch that keep up with arrivals at one request in flight (rate × round-trip). */
+  get batchTarget (): number {
+    const want = Math.ceil(this.ratePerMs * this.rttMs)
+    return Math.min(this.o.batchMaxEvents, Math.max(1, want))
   }
 
   start (): void {
@@ -77,6 +112,8 @@ export class Forwarder {
       clearTimeout(timer)
       this.o.store.off('appended', this.onAppended)
       this.state = 'stopped'
+      // Connection pools and channels go with the forwarder that used them.
+      await this.o.sink.close().catch(() => {})
     }
   }
 
@@ -96,47 +133,97 @@ export class Forwarder {
     }
   }
 
-  /** One batch: wait for events, read a page, deliver it. */
+  /** One batch: wait for events, take the page read ahead (or read one), deliver it. */
   private async step (): Promise<void> {
     if (this.o.store.lastSeq <= this.position) {
       this.oldestPendingMs = null
       this.state = 'idle'
+      this.ahead = null
       await this.sleep(Infinity)
       return
     }
-    const horizon = this.o.store.lastSeq
-    let rows = await this.read()
+    let page = await this.takeAhead()
+    // A page read ahead may have been cut at the horizon of its time: top it up when more arrived since.
+    if (!page.full && this.o.store.lastSeq > page.horizon) page = await this.readAhead(this.position)
+    let rows = page.batch.events
     if (rows.length === 0) {
       // Nothing in (position, horizon] is routed to this uplink.
-      this.position = Math.max(this.position, horizon)
+      this.position = Math.max(this.position, page.horizon)
       return
     }
-    // Wait up to batchMaxDelay from the first event's arrival for a fuller batch.
-    if (rows.length < this.o.batchMaxEvents && this.o.batchMaxDelayMs > 0) {
+    // Live traffic: wait up to batchMaxDelay from the first event's arrival for the adaptive target.
+    const target = this.batchTarget
+    if (!page.full && rows.length < target && this.o.batchMaxDelayMs > 0) {
       const waitMs = rows[0]!.ingestMs + this.o.batchMaxDelayMs - Date.now()
       if (waitMs > 0 && waitMs <= this.o.batchMaxDelayMs) {
-        await this.sleep(waitMs, () => this.o.store.lastSeq - this.position >= this.o.batchMaxEvents)
+        await this.sleep(waitMs, () => this.o.store.lastSeq - this.position >= target)
         if (this.stopped) return
-        rows = await this.read()
+        page = await this.readAhead(this.position)
+        rows = page.batch.events
+        if (rows.length === 0) return
       }
     }
     this.oldestPendingMs = rows[0]!.ingestMs
-    await this.deliver(rows)
+    // Read (and render) the next page while this one is in flight.
+    const last = rows[rows.length - 1]!.seq
+    if (this.o.store.lastSeq > last) this.ahead = this.readAhead(last)
+    await this.deliver(page.batch)
   }
 
-  private read (): Promise<StoredRow[]> {
-    return this.o.store.readPage(this.o.slot, this.position, this.o.batchMaxEvents, this.o.batchMaxBytes)
+  /** The page after `position`: the one read ahead when it starts there, else a fresh read. */
+  private takeAhead (): Promise<Page> {
+    const ahead = this.ahead
+    this.ahead = null
+    if (ahead !== null) {
+      return ahead.then(p => p.after === this.position ? p : this.readAhead(this.position))
+    }
+    return this.readAhead(this.position)
+  }
+
+  private readAhead (after: number): Promise<Page> {
+    const horizon = this.o.store.lastSeq
+    const p = this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then((rows) => {
+      let bytes = 0
+      for (const r of rows) bytes += r.body.byteLength
+      const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows }
+      // Full: at the event limit, or one more row of average size would pass the byte limit.
+      const full = rows.length >= this.o.batchMaxEvents || (rows.length > 0 && bytes + bytes / rows.length > this.o.batchMaxBytes)
+      // A full page (backlog) goes out as it is: render its request body now, while the request
+      // before it is in flight. A partial one may still be topped up, so it is rendered when sent.
+      if (full) this.o.sink.prepare?.(batch)
+      return { after, horizon, full, batch }
+    })
+    p.catch(() => {})
+    return p
+  }
+
+  private sampleRate (lastSeq: number): void {
+    const now = performance.now()
+    const mark = this.rateMark
+    if (mark.at === 0) {
+      this.rateMark = { at: now, seq: lastSeq }
+      return
+    }
+    const dt = now - mark.at
+    if (dt < RATE_SAMPLE_MS) return
+    const rate = (lastSeq - mark.seq) / dt
+    // Time-weighted: after a long quiet spell the new sample dominates.
+    const weight = 1 - Math.exp(-dt / RATE_HALF_LIFE_MS * Math.LN2)
+    this.ratePerMs = this.ratePerMs === 0 ? rate : this.ratePerMs + weight * (rate - this.ratePerMs)
+    this.rateMark = { at: now, seq: lastSeq }
   }
 
   /** Sends rows until they are delivered or dead-lettered; returns early only when stopping. */
-  private async deliver (batch: readonly SinkEvent[]): Promise<boolean> {
-    let rows = batch
+  private async deliver (batch: SinkBatch): Promise<boolean> {
+    let rows = batch.events
     while (!this.stopped) {
       if (rows[0]!.seq <= this.skipFloor) {
+        // Store policy removed the head of this batch while it was being retried: never send it.
         rows = rows.filter(r => r.seq > this.skipFloor)
         if (rows.length === 0) return true
+        batch = { storeId: batch.storeId, events: rows }
       }
-      const outcome = await this.sendOnce(rows)
+      const outcome = await this.sendOnce(batch)
       switch (outcome.kind) {
         case 'delivered':
           this.recover()
@@ -163,19 +250,23 @@ export class Forwarder {
           }
           // Bisect: the halves go out in order, so order holds for everything that is delivered.
           const mid = Math.ceil(rows.length / 2)
-          if (!await this.deliver(rows.slice(0, mid))) return false
-          return this.deliver(rows.slice(mid))
+          if (!await this.deliver({ storeId: batch.storeId, events: rows.slice(0, mid) })) return false
+          return this.deliver({ storeId: batch.storeId, events: rows.slice(mid) })
         }
       }
     }
     return false
   }
 
-  private async sendOnce (rows: readonly SinkEvent[]): Promise<SendOutcome> {
+  private async sendOnce (batch: SinkBatch): Promise<SendOutcome> {
     this.state = 'sending'
     const started = performance.now()
-    const outcome = await this.o.sink.send({ storeId: this.o.store.info.storeId, events: rows }, this.controller.signal)
-    this.o.metrics.uplinkLatency.observe({ uplink: this.o.name }, (performance.now() - started) / 1000)
+    const outcome = await this.o.sink.send(batch, this.controller.signal)
+    const ms = performance.now() - started
+    if (outcome.kind === 'delivered') this.rttMs = this.rttMs === 0 ? ms : this.rttMs + EWMA * (ms - this.rttMs)
+    // A batch held back by open breakers was not sent: no latency, no send to count.
+    if (outcome.kind === 'retry' && outcome.notSent === true) return outcome
+    this.o.metrics.uplinkLatency.observe({ uplink: this.o.name }, ms / 1000)
     this.o.metrics.uplinkSends.inc({ uplink: this.o.name, outcome: outcome.kind })
     return outcome
   }

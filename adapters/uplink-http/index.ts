@@ -1,18 +1,40 @@
 // HTTP uplink: POSTs a batch as application/cloudevents-batch+json (structured events) and maps the
 // response to an outcome class. Retrying, bisecting and cursor moves belong to the forwarder.
-import { renderJsonBatch } from '../../gateway/event.js'
-import type { Sink, SinkBatch, SendOutcome } from '../../store-forward/sink.js'
+// Requests go through undici's own client (not the global fetch) so that a custom CA and a client
+// certificate (mTLS) can be given per uplink, with a keep-alive connection pool per endpoint.
+import { gzip as gzipCallback } from 'node:zlib'
+import { promisify } from 'node:util'
+import { Agent, request, type Dispatcher } from 'undici'
+import { decodeEvent, renderJson } from '../../gateway/event.js'
+import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
+
+const gzip = promisify(gzipCallback)
+
+export interface HttpTls {
+  /** PEM text of the CA(s) that sign the server's certificate (replaces the system CAs). */
+  ca?: string | Buffer
+  /** PEM client certificate and key, for mutual TLS. */
+  cert?: string | Buffer
+  key?: string | Buffer
+}
 
 export interface HttpSinkOptions {
   url: string
   /** Per-request deadline (ms). */
   timeoutMs: number
   headers?: Readonly<Record<string, string>>
+  /** Sent as `Authorization: Bearer <token>`. */
+  bearerToken?: string
+  /** Compress request bodies (`Content-Encoding: gzip`). */
+  gzip?: boolean
+  tls?: HttpTls
 }
 
 export const BATCH_CONTENT_TYPE = 'application/cloudevents-batch+json'
 /** The longest Retry-After honoured (ms); a larger value is clamped, not ignored. */
 const MAX_RETRY_AFTER = 3_600_000
+/** Bodies smaller than this are sent uncompressed even with gzip on: the header costs more. */
+const GZIP_MIN_BYTES = 256
 
 /** Parses Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). */
 export function parseRetryAfter (value: string | null, now = Date.now()): number | undefined {
@@ -39,50 +61,96 @@ export function classifyStatus (status: number, reason: string, retryAfterMs: nu
   return { kind: 'rejected', reason, status }
 }
 
-async function shortBody (res: Response): Promise<string> {
+async function shortBody (body: Dispatcher.ResponseData['body']): Promise<string> {
   try {
-    const text = await res.text()
+    const text = await body.text()
     return text.length > 200 ? `${text.slice(0, 200)}…` : text
   } catch {
     return ''
   }
 }
 
+function header (headers: Dispatcher.ResponseData['headers'], name: string): string | null {
+  const v = headers[name]
+  return v === undefined ? null : Array.isArray(v) ? (v[0] ?? null) : v
+}
+
+interface Body { bytes: Buffer, gzipped: boolean }
+
 export function createHttpSink (opts: HttpSinkOptions): Sink {
   const target = new URL(opts.url)
-  const baseHeaders: Record<string, string> = { 'content-type': BATCH_CONTENT_TYPE, ...opts.headers }
-  // fetch refuses URLs with credentials: send them as Basic auth (RFC 7617) instead.
+  const baseHeaders: Record<string, string> = { 'content-type': BATCH_CONTENT_TYPE }
+  for (const [k, v] of Object.entries(opts.headers ?? {})) baseHeaders[k.toLowerCase()] = v
+  // fetch-style clients refuse URLs with credentials: send them as Basic auth (RFC 7617) instead.
   if (target.username !== '' || target.password !== '') {
     const userinfo = `${decodeURIComponent(target.username)}:${decodeURIComponent(target.password)}`
     baseHeaders.authorization = `Basic ${Buffer.from(userinfo).toString('base64')}`
     target.username = ''
     target.password = ''
   }
+  if (opts.bearerToken !== undefined) baseHeaders.authorization = `Bearer ${opts.bearerToken}`
+  const tls = opts.tls ?? {}
+  const agent = new Agent({
+    connect: {
+      ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+      ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+      ...(tls.key === undefined ? {} : { key: tls.key }),
+    },
+    keepAliveTimeout: 30_000,
+    // The per-request deadline is the AbortSignal below; these only must not cut in first.
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  })
+
+  const render = async (batch: SinkBatch): Promise<Body> => {
+    // renderJsonBatch's output, rendered in slices so device traffic is served in between.
+    let text = '['
+    await inSlices(batch.events, (e, i) => {
+      text += (i === 0 ? '' : ',') + renderJson(decodeEvent(e.body), batch.storeId, e.seq)
+    })
+    const json = Buffer.from(text + ']', 'utf8')
+    if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
+    // zlib runs on the libuv thread pool: compressing never blocks the event loop.
+    return { bytes: await gzip(json), gzipped: true }
+  }
+
   return {
     kind: 'http',
+    prepare (batch: SinkBatch): void {
+      void prepared(batch, render)
+    },
     async send (batch: SinkBatch, signal: AbortSignal): Promise<SendOutcome> {
       const first = batch.events[0]
       const last = batch.events[batch.events.length - 1]
       if (first === undefined || last === undefined) return { kind: 'delivered' }
-      const body = renderJsonBatch(batch.events, batch.storeId)
-      let res: Response
+      const body = await prepared(batch, render)
+      const headers: Record<string, string> = { ...baseHeaders, 'idempotency-key': `${batch.storeId}:${first.seq}-${last.seq}` }
+      if (body.gzipped) headers['content-encoding'] = 'gzip'
+      let res: Dispatcher.ResponseData
       try {
-        res = await fetch(target, {
+        res = await request(target, {
           method: 'POST',
-          headers: { ...baseHeaders, 'idempotency-key': `${batch.storeId}:${first.seq}-${last.seq}` },
-          body,
-          redirect: 'manual',
+          headers,
+          body: body.bytes,
+          dispatcher: agent,
           signal: AbortSignal.any([signal, AbortSignal.timeout(opts.timeoutMs)]),
         })
       } catch (err) {
-        const e = err as Error & { cause?: { code?: string } }
-        const reason = e.name === 'TimeoutError' ? `timeout after ${opts.timeoutMs} ms` : (e.cause?.code ?? e.message)
+        const e = err as Error & { code?: string, cause?: { code?: string } }
+        const timedOut = e.name === 'TimeoutError' || (e.cause as { name?: string } | undefined)?.name === 'TimeoutError'
+        const reason = timedOut ? `timeout after ${opts.timeoutMs} ms` : (e.cause?.code ?? e.code ?? e.message)
         return { kind: 'retry', reason }
       }
-      const reason = res.ok ? '' : `HTTP ${res.status} ${await shortBody(res)}`.trim()
-      if (res.ok) await res.arrayBuffer().catch(() => undefined)
-      return classifyStatus(res.status, reason, parseRetryAfter(res.headers.get('retry-after')))
+      const status = res.statusCode
+      const ok = status >= 200 && status < 300
+      let reason = ''
+      if (ok) await res.body.dump().catch(() => undefined)
+      else reason = `HTTP ${status} ${await shortBody(res.body)}`.trim()
+      return classifyStatus(status, reason, parseRetryAfter(header(res.headers, 'retry-after')))
     },
-    async close () {},
+    async close () {
+      // Called once the forwarder has stopped: nothing is in flight, idle sockets go at once.
+      await agent.destroy().catch(() => {})
+    },
   }
 }

@@ -306,7 +306,7 @@ uplinks: [{ name: "cloud.1", type: http, url: "http://x" }]
 
 test('an unknown uplink type names the types there are', (t) => {
   const err = loadError(t, 'uplinks: [{ name: a, type: carrier-pigeon }, { name: b }]\n')
-  assert.deepEqual(err.details, ['uplinks[0].type: expected "http", got "carrier-pigeon"', 'uplinks[1].type: expected "http"'])
+  assert.deepEqual(err.details, ['uplinks[0].type: expected one of "http", "grpc", got "carrier-pigeon"', 'uplinks[1].type: expected one of "http", "grpc"'])
 })
 
 test('more than 62 uplinks are refused', (t) => {
@@ -344,7 +344,7 @@ test('env overrides address list items by name or id, nested keys included', (t)
     GRIDGATE_DEVICES_SENSOR_2_PUBLISH: '["a/#", "b/+/c"]',
   })
   const [cloud] = config.uplinks
-  assert.equal(cloud?.url, 'https://cloud.example/events')
+  assert.equal(cloud?.type === 'http' ? cloud.url : undefined, 'https://cloud.example/events')
   assert.equal(cloud?.retry.maxDelay, 60_000)
   assert.equal(cloud?.retry.initialDelay, 100)
   assert.equal(cloud?.batchMaxEvents, 50)
@@ -437,8 +437,12 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_WEBSOCKET_MAX_INFLIGHT', 'GRIDGATE_WEBSOCKET_MAX_BUFFERED_BYTES', 'GRIDGATE_WEBSOCKET_PING_INTERVAL',
     'GRIDGATE_WEBSOCKET_TLS_CERT', 'GRIDGATE_WEBSOCKET_TLS_KEY',
     'GRIDGATE_HTTP_ENABLED', 'GRIDGATE_HTTP_MAX_BODY_SIZE', 'GRIDGATE_HTTP_PUBSUB_NAME',
+    'GRIDGATE_UPLINKS_CLOUD_ENDPOINTS', 'GRIDGATE_UPLINKS_CLOUD_SELECTION', 'GRIDGATE_UPLINKS_CLOUD_HEADERS',
+    'GRIDGATE_UPLINKS_CLOUD_BEARER_TOKEN', 'GRIDGATE_UPLINKS_CLOUD_GZIP', 'GRIDGATE_UPLINKS_CLOUD_TLS_CA',
+    'GRIDGATE_UPLINKS_CLOUD_TLS_CERT', 'GRIDGATE_UPLINKS_CLOUD_TLS_KEY', 'GRIDGATE_UPLINKS_CLOUD_BREAKER_FAILURES',
+    'GRIDGATE_UPLINKS_CLOUD_BREAKER_HALF_OPEN_AFTER',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 66, names.join(' '))
+  assert.equal(names.length, 76, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
@@ -458,7 +462,7 @@ test('the example file validates and its hash is of the token its comment names'
   assert.deepEqual(config.admin, { host: '127.0.0.1', port: 9080 })
   assert.deepEqual(config.devices.map((d) => d.id), ['sensor-1', 'sensor-2'])
   assert.equal(config.devices[0]?.token, 'sensor-1-secret-token')
-  assert.deepEqual(config.uplinks.map((u) => [u.name, u.type, u.url]), [['cloud', 'http', 'http://127.0.0.1:9000/events']])
+  assert.deepEqual(config.uplinks.map((u) => [u.name, u.type, u.type === 'http' ? u.url : u.address]), [['cloud', 'http', 'http://127.0.0.1:9000/events']])
 
   const [, , params, salt, hash] = (config.devices[1]?.tokenHash ?? '').split('$')
   assert.equal(params, 'ln=15,r=8,p=1')

@@ -15,6 +15,11 @@ export interface Certs {
   clients: Record<string, { cert: string, key: string }>
   /** File contents, for clients that take PEM strings. */
   read (file: string): Buffer
+  /** A client certificate with CN gw-test (the gateway's own, for uplink mutual TLS). */
+  clientCert: string
+  clientKey: string
+  /** The CA, server and gw-test client files as PEM text. */
+  pem: { ca: string, serverCert: string, serverKey: string, clientCert: string, clientKey: string }
 }
 
 function openssl (dir: string, args: string[]): void {
@@ -33,17 +38,24 @@ export function makeCerts (t: TestContext, clientCNs: readonly string[] = [], op
   }
   sign('server', 'localhost', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
   const clients: Certs['clients'] = {}
-  for (const cn of clientCNs) {
+  for (const cn of new Set([...clientCNs, 'gw-test'])) {
     const name = `client-${cn}`
     sign(name, cn, 'extendedKeyUsage=clientAuth\n')
     clients[cn] = { cert: path.join(dir, `${name}.pem`), key: path.join(dir, `${name}.key`) }
   }
-  return {
-    dir,
+  const text = (file: string): string => fs.readFileSync(file, 'utf8')
+  const c = {
     ca: path.join(dir, 'ca.pem'),
     serverCert: path.join(dir, 'server.pem'),
     serverKey: path.join(dir, 'server.key'),
+    clientCert: clients['gw-test']!.cert,
+    clientKey: clients['gw-test']!.key,
+  }
+  return {
+    dir,
+    ...c,
     clients,
     read: (file) => fs.readFileSync(file),
+    pem: { ca: text(c.ca), serverCert: text(c.serverCert), serverKey: text(c.serverKey), clientCert: text(c.clientCert), clientKey: text(c.clientKey) },
   }
 }

@@ -1,6 +1,7 @@
 // A real node:http cloud receiver on port 0 that records every CloudEvent it is sent and answers
 // with whatever the test decides.
 import http from 'node:http'
+import { gunzipSync } from 'node:zlib'
 import type { AddressInfo } from 'node:net'
 import type { TestContext } from 'node:test'
 
@@ -32,7 +33,9 @@ export async function startReceiver (t?: TestContext): Promise<Receiver> {
     req.on('end', () => {
       let events: ReceivedEvent[]
       try {
-        events = JSON.parse(Buffer.concat(chunks).toString('utf8')) as ReceivedEvent[]
+        const raw = Buffer.concat(chunks)
+        const body = req.headers['content-encoding'] === 'gzip' ? gunzipSync(raw) : raw
+        events = JSON.parse(body.toString('utf8')) as ReceivedEvent[]
       } catch {
         res.writeHead(400).end('bad json')
         return
