@@ -13,6 +13,7 @@ import path from 'node:path'
 import { execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
+import { createHash } from 'node:crypto'
 import { build } from 'esbuild'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -25,7 +26,8 @@ const ARCHES = ['x64', 'arm64'] as const
 type Arch = typeof ARCHES[number]
 const HOST: Arch = 'x64'
 /** Bumped whenever the addon's compile recipe changes, so a cached addon built differently is not reused. */
-const ADDON_RECIPE = 1
+const ADDON_RECIPE = 2
+const COMPAT_FILES = ['sea-glibc-compat.h', 'sea-glibc-compat.c'].map(n => path.join(root, 'scripts', n))
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'
 const CROSS: Record<Arch, string> = { x64: '', arm64: 'aarch64-linux-gnu-' }
 
@@ -97,7 +99,10 @@ function nodeGyp (): string {
 function addon (arch: Arch, nodeDir: string): string {
   const bsDir = path.dirname(require.resolve('better-sqlite3/package.json'))
   const bsVersion = (JSON.parse(fs.readFileSync(path.join(bsDir, 'package.json'), 'utf8')) as { version: string }).version
-  const file = path.join(cacheRoot, `better-sqlite3-${bsVersion}-node-v${pins.version}-linux-${arch}-r${ADDON_RECIPE}`, 'better_sqlite3.node')
+  const recipe = createHash('sha256').update(String(ADDON_RECIPE))
+  for (const f of COMPAT_FILES) recipe.update(fs.readFileSync(f))
+  const key = `better-sqlite3-${bsVersion}-node-v${pins.version}-linux-${arch}-${recipe.digest('hex').slice(0, 12)}`
+  const file = path.join(cacheRoot, key, 'better_sqlite3.node')
   if (fs.existsSync(file)) {
     step(`better-sqlite3 ${bsVersion} for Node ${pins.version} ${arch}: cached (${file})`)
     return file
@@ -114,6 +119,11 @@ function addon (arch: Arch, nodeDir: string): string {
     const p = CROSS[arch]
     Object.assign(env, { CC: `${p}gcc`, CXX: `${p}g++`, LINK: `${p}g++`, AR: `${p}ar`, CC_host: 'gcc', CXX_host: 'g++' })
   }
+  // Keep the addon's glibc floor at the embedded Node's (see scripts/sea-glibc-compat.h and .c).
+  const compatObj = path.join(tmp, 'sea-glibc-compat.o')
+  run(`${CROSS[arch]}gcc`, ['-O2', '-fPIC', '-c', path.join(root, 'scripts', 'sea-glibc-compat.c'), '-o', compatObj])
+  env.CPPFLAGS = `${env.CPPFLAGS ?? ''} -include ${path.join(root, 'scripts', 'sea-glibc-compat.h')}`.trim()
+  env.LDFLAGS = `${env.LDFLAGS ?? ''} -Wl,--wrap=stat64,--wrap=fstat64,--wrap=lstat64 ${compatObj}`.trim()
   run(process.execPath, [nodeGyp(), 'rebuild', '--release', `--nodedir=${nodeDir}`, `--arch=${arch}`, '--jobs=max'], { cwd: src, env })
   const built = path.join(src, 'build', 'Release', 'better_sqlite3.node')
   run(`${CROSS[arch]}strip`, ['--strip-unneeded', built])
@@ -196,6 +206,8 @@ async function main (): Promise<void> {
       'better_sqlite3.node': addons[arch],
     }
     for (const name of protos) assets[`proto/${name}`] = path.join(protoDir, name)
+    // The addon as embedded, for scripts/smoke-binary.sh's glibc check.
+    fs.copyFileSync(addons[arch], path.join(work, `better_sqlite3-linux-${arch}.node`))
     const blob = path.join(work, `sea-${arch}.blob`)
     const seaConfig = path.join(work, `sea-${arch}.json`)
     // A code cache or snapshot made by the x64 Node would not load in the arm64 Node.

@@ -10,7 +10,6 @@ cd "$(dirname "$0")/.."
 BIN_DIR=dist/bin
 # The embedded Node's own glibc floor: the addon may not need more than the Node it goes into.
 NODE_VERSION=$(node -p 'require("./scripts/sea-node.json").version')
-CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/gridgate
 SQLITE_VERSION=$(node -p 'require("better-sqlite3/package.json").version')
 TOKEN=smoke-secret
 failures=0
@@ -63,8 +62,8 @@ for arch in x64 arm64; do
   size_mib=$(awk -v b="$(stat -c %s "$exe")" 'BEGIN { printf "%.1f", b / 1048576 }')
 
   # glibc: the addon embedded in this executable must not need a newer glibc than its Node does.
-  addon=$CACHE/better-sqlite3-$SQLITE_VERSION-node-v$NODE_VERSION-linux-$arch-r$(sed -n 's/^const ADDON_RECIPE = \([0-9]*\).*/\1/p' scripts/build-binary.ts)/better_sqlite3.node
-  node_floor=$($objdump -T "$CACHE/node-v$NODE_VERSION-linux-$arch/bin/node" | max_glibc)
+  addon=dist/sea/better_sqlite3-linux-$arch.node
+  node_floor=$($objdump -T "$exe" | max_glibc)
   addon_floor=$($objdump -T "$addon" | max_glibc)
   echo "[$arch] glibc: Node needs up to $node_floor, the SQLite addon up to $addon_floor"
   if [ "$(printf '%s\n%s\n' "$node_floor" "$addon_floor" | sort -V | tail -1)" != "$node_floor" ]; then
