@@ -123,7 +123,7 @@ function addon (arch: Arch, nodeDir: string): string {
   const compatObj = path.join(tmp, 'sea-glibc-compat.o')
   run(`${CROSS[arch]}gcc`, ['-O2', '-fPIC', '-c', path.join(root, 'scripts', 'sea-glibc-compat.c'), '-o', compatObj])
   env.CPPFLAGS = `${env.CPPFLAGS ?? ''} -include ${path.join(root, 'scripts', 'sea-glibc-compat.h')}`.trim()
-  env.LDFLAGS = `${env.LDFLAGS ?? ''} -Wl,--wrap=stat64,--wrap=fstat64,--wrap=lstat64 ${compatObj}`.trim()
+  env.LDFLAGS = `${env.LDFLAGS ?? ''} -Wl,--wrap=stat64,--wrap=fstat64,--wrap=lstat64,--wrap=_ZSt28__throw_bad_array_new_lengthv ${compatObj}`.trim()
   run(process.execPath, [nodeGyp(), 'rebuild', '--release', `--nodedir=${nodeDir}`, `--arch=${arch}`, '--jobs=max'], { cwd: src, env })
   const built = path.join(src, 'build', 'Release', 'better_sqlite3.node')
   run(`${CROSS[arch]}strip`, ['--strip-unneeded', built])
@@ -161,12 +161,13 @@ async function bundle (): Promise<{ main: string, worker: string }> {
   return { main, worker }
 }
 
-function glibcVersions (file: string, arch: Arch): string[] {
+/** The symbol versions (e.g. GLIBC_2.28) of one library that file needs, oldest first. */
+function symbolVersions (file: string, arch: Arch, lib: 'GLIBC' | 'GLIBCXX'): string[] {
   const out = run(`${CROSS[arch]}objdump`, ['-T', file], { quiet: true })
-  const versions = new Set(out.match(/GLIBC_[0-9.]+/g) ?? [])
+  const versions = new Set(out.match(new RegExp(`\\b${lib}_[0-9.]+`, 'g')) ?? [])
   return [...versions].sort((a, b) => {
-    const pa = a.slice(6).split('.').map(Number)
-    const pb = b.slice(6).split('.').map(Number)
+    const pa = a.slice(lib.length + 1).split('.').map(Number)
+    const pb = b.slice(lib.length + 1).split('.').map(Number)
     for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
       const d = (pa[i] ?? 0) - (pb[i] ?? 0)
       if (d !== 0) return d
@@ -227,8 +228,9 @@ async function main (): Promise<void> {
     step(`injecting the blob into ${path.relative(root, exe)}`)
     run(process.execPath, [require.resolve('postject/dist/cli.js'), exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SEA_FUSE], { quiet: true })
     const size = fs.statSync(exe).size
-    const glibc = glibcVersions(addons[arch], arch)
-    step(`${path.relative(root, exe)}: ${(size / 2 ** 20).toFixed(1)} MiB; addon needs up to ${glibc.at(-1) ?? 'no GLIBC symbol'}`)
+    const glibc = symbolVersions(addons[arch], arch, 'GLIBC')
+    const glibcxx = symbolVersions(addons[arch], arch, 'GLIBCXX')
+    step(`${path.relative(root, exe)}: ${(size / 2 ** 20).toFixed(1)} MiB; addon needs up to ${glibc.at(-1) ?? 'no GLIBC'}, ${glibcxx.at(-1) ?? 'no GLIBCXX'}`)
   }
   step('done')
 }

@@ -6,7 +6,8 @@
  * build machine's although the embedded Node runs there (Node 24 needs glibc 2.28). These directives
  * bind the same functions to their first version, which every glibc since the architecture's first
  * provides (in libpthread.so.0 and libdl.so.2 before 2.34, both loaded by Node itself).
- * stat64/fstat64/lstat64 (GLIBC_2.33) have no older version: sea-glibc-compat.c replaces them.
+ * stat64/fstat64/lstat64 (GLIBC_2.33) have no older version: sea-glibc-compat.c replaces them, and
+ * std::__throw_bad_array_new_length (GLIBCXX_3.4.29).
  */
 #if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
 #  if defined(__x86_64__)

@@ -28,7 +28,7 @@ trap cleanup EXIT
 
 fail () { echo "FAIL [$arch]: $*" >&2; failures=$((failures + 1)); }
 
-max_glibc () { grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1; }
+max_version () { grep -o "\b$1_[0-9.]*" | sort -V | tail -1; }
 
 # A local HTTP uplink receiver: writes each request body, one a line, to $1 and its port to $2.
 cat > "$work/receiver.cjs" <<'EOF'
@@ -61,14 +61,17 @@ for arch in x64 arm64; do
   fi
   size_mib=$(awk -v b="$(stat -c %s "$exe")" 'BEGIN { printf "%.1f", b / 1048576 }')
 
-  # glibc: the addon embedded in this executable must not need a newer glibc than its Node does.
+  # glibc and libstdc++: the addon embedded in this executable must not need newer symbol versions
+  # than its Node does, so it loads wherever that Node runs.
   addon=dist/sea/better_sqlite3-linux-$arch.node
-  node_floor=$($objdump -T "$exe" | max_glibc)
-  addon_floor=$($objdump -T "$addon" | max_glibc)
-  echo "[$arch] glibc: Node needs up to $node_floor, the SQLite addon up to $addon_floor"
-  if [ "$(printf '%s\n%s\n' "$node_floor" "$addon_floor" | sort -V | tail -1)" != "$node_floor" ]; then
-    fail "the addon needs $addon_floor, newer than the embedded Node's $node_floor"
-  fi
+  for lib in GLIBC GLIBCXX; do
+    node_floor=$($objdump -T "$exe" | max_version "$lib")
+    addon_floor=$($objdump -T "$addon" | max_version "$lib")
+    echo "[$arch] $lib: Node needs up to $node_floor, the SQLite addon up to $addon_floor"
+    if [ "$(printf '%s\n%s\n' "$node_floor" "$addon_floor" | sort -V | tail -1)" != "$node_floor" ]; then
+      fail "the addon needs $addon_floor, newer than the embedded Node's $node_floor"
+    fi
+  done
 
   # The CLI behaves like the npm package's: --version, usage errors exit 2.
   version=$("${run[@]}" --version)
