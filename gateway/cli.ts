@@ -2,6 +2,7 @@
 // The gridgate command. Only this entry script calls process.exit and installs signal handlers.
 import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
+import { isSea, getAsset } from 'node:sea'
 import { pino } from 'pino'
 import { loadConfig, renderConfig } from '../config/load.js'
 import { GridgateError, isGridgateError } from './errors.js'
@@ -28,7 +29,9 @@ GRIDGATE_UPLINKS_CLOUD_URL=http://127.0.0.1:9000/events.
 `
 
 function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+  // A single executable carries package.json as an asset (scripts/build-binary.ts).
+  const text = isSea() ? getAsset('package.json', 'utf8') : readFileSync(new URL('../../package.json', import.meta.url), 'utf8')
+  const pkg = JSON.parse(text) as { version: string }
   return pkg.version
 }
 

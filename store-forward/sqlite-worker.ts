@@ -16,9 +16,19 @@ import {
 import { decodeEvent } from '../gateway/event.js'
 import { compileFilter } from './route.js'
 
-const init = workerData as WorkerInit
+// nativeBinding: set by a single-executable build (see WorkerRuntime in worker-client.ts).
+const init = workerData as WorkerInit & { nativeBinding?: string }
 const port = parentPort
 if (port === null) throw new Error('sqlite-worker must run as a worker thread')
+
+/** Options that point better-sqlite3 at an addon loaded by path, or nothing for its own lookup. */
+const bindingOptions = ((): Database.Options => {
+  if (init.nativeBinding === undefined) return {}
+  const addon = { exports: {} }
+  process.dlopen(addon, init.nativeBinding)
+  // better-sqlite3 accepts the loaded addon object too; its types only declare the path form.
+  return { nativeBinding: addon.exports as string }
+})()
 
 const faults = init.faults === null ? null : new Int32Array(init.faults)
 
@@ -161,7 +171,7 @@ class Writer {
 
   private openOnce (): { created: boolean, unclean: boolean, quickCheck: string | null } {
     const existed = fs.existsSync(init.path)
-    const db = new Database(init.path)
+    const db = new Database(init.path, bindingOptions)
     try {
       configure(db, false)
       // The checkpointer (maintain) decides when the WAL is copied back, not every commit's size.
@@ -872,7 +882,7 @@ class Reader {
   private page: Database.Statement
 
   constructor () {
-    this.db = new Database(init.path, { readonly: true, fileMustExist: true })
+    this.db = new Database(init.path, { ...bindingOptions, readonly: true, fileMustExist: true })
     configure(this.db, true)
     // Short paged queries, never an iterator held across awaits: a long reader starves checkpoints.
     this.page = this.db.prepare('SELECT seq, ingest_ms AS ingestMs, body FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) != 0 ORDER BY seq LIMIT ?')

@@ -3,6 +3,23 @@ import { Worker } from 'node:worker_threads'
 import { EventEmitter } from 'node:events'
 import type { WorkerInit, Request, Reply, Envelope } from './protocol.js'
 
+/**
+ * How store workers start when there is no worker file to point at (a single executable has none):
+ * the worker's code as one CommonJS script run with `eval: true`, and the path of the better-sqlite3
+ * addon each worker loads with process.dlopen(), asked for with the database path when a worker starts.
+ * null (the default) = `sqlite-worker.js` next to this module and better-sqlite3's own addon lookup.
+ */
+export interface WorkerRuntime {
+  source: string
+  nativeBinding: (dbPath: string) => string
+}
+
+let runtime: WorkerRuntime | null = null
+
+export function setWorkerRuntime (r: WorkerRuntime | null): void {
+  runtime = r
+}
+
 export class WorkerExitedError extends Error {
   readonly code = 'GG_ERR_STORE_UNAVAILABLE'
 }
@@ -15,7 +32,9 @@ export class WorkerClient extends EventEmitter<{ exit: [code: number] }> {
 
   constructor (init: WorkerInit) {
     super()
-    this.worker = new Worker(new URL('./sqlite-worker.js', import.meta.url), { workerData: init })
+    this.worker = runtime === null
+      ? new Worker(new URL('./sqlite-worker.js', import.meta.url), { workerData: init })
+      : new Worker(runtime.source, { eval: true, workerData: { ...init, nativeBinding: runtime.nativeBinding(init.path) } })
     this.worker.on('message', (reply: Reply) => {
       const p = this.pending.get(reply.id)
       if (p === undefined) return

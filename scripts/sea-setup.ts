@@ -1,0 +1,27 @@
+// First module of the single executable (see scripts/sea-main.ts): makes the embedded assets
+// available before the CLI loads anything. Runs only inside the executable.
+import { getAsset } from 'node:sea'
+import { embedProto } from '../gateway/proto/index.js'
+import { setWorkerRuntime } from '../store-forward/worker-client.js'
+import { addonDirs, extractAddon } from './sea-addon.js'
+
+/** Written by scripts/build-binary.ts as the asset 'manifest.json'. */
+export interface SeaManifest {
+  version: string
+  node: string
+  protos: string[]
+}
+
+const manifest = JSON.parse(getAsset('manifest.json', 'utf8')) as SeaManifest
+for (const name of manifest.protos) embedProto(name, getAsset(`proto/${name}`, 'utf8'))
+
+// The addon is written out only when the first store worker starts, so `--help`, `check-config`
+// and `hash-token` write nothing; every worker thread loads the same file.
+let addonFile: string | undefined
+setWorkerRuntime({
+  source: getAsset('sqlite-worker.js', 'utf8'),
+  nativeBinding: (dbPath) => {
+    addonFile ??= extractAddon(new Uint8Array(getAsset('better_sqlite3.node')), addonDirs(process.env, dbPath))
+    return addonFile
+  },
+})
