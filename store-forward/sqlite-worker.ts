@@ -13,7 +13,7 @@ import {
   type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
   type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit,
 } from './protocol.js'
-import { decodeEvent } from '../gateway/event.js'
+import { routingFields } from './event-fields.js'
 import { compileFilter } from './route.js'
 
 // nativeBinding: set by a single-executable build (see WorkerRuntime in worker-client.ts).
@@ -308,8 +308,8 @@ class Writer {
       const rows = page.all(after) as Array<{ seq: number, body: Uint8Array }>
       if (rows.length === 0) break
       for (const r of rows) {
-        const e = decodeEvent(r.body)
-        if (match(e.type, e.subject ?? '')) set.run(bit, r.seq)
+        const e = routingFields(r.body)
+        if (match(e.type, e.subject)) set.run(bit, r.seq)
       }
       after = rows[rows.length - 1]!.seq
     }

@@ -255,3 +255,26 @@ test('under constant ingest with a slow uplink the WAL stays under walMaxBytes',
   assert.ok(maxWal <= walMax, `the WAL stayed at or under walMaxBytes (max ${maxWal})`)
   assert.match(await metrics(gw), /gridgate_store_wal_bytes \d+/)
 })
+
+test('a new uplink with startFrom: oldest gets the stored events its filter wants; one without starts at the newest', async (t) => {
+  const [a, b, c] = [await startReceiver(t), await startReceiver(t), await startReceiver(t)]
+  down(a)
+  const dataDir = path.join(tempDir(t), 'data')
+  const first = await startInProcess(t, baseConfig(dataDir, { a: a.url }))
+  const mq = await connect(t, first.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await mq.publishAsync('devices/sensor-1/temp', '{"n":1}', { qos: 1 })
+  await mq.publishAsync('devices/sensor-1/hum', '{"n":2}', { qos: 1 })
+  mq.end(true)
+  await first.stop()
+  const cfg = baseConfig(dataDir, { a: a.url, b: b.url, c: c.url })
+  cfg.uplinks = (cfg.uplinks as Array<Record<string, unknown>>).map(u =>
+    u.name === 'b' ? { ...u, startFrom: 'oldest', filter: { subjects: ['devices/+/temp'] } } : u)
+  up(a)
+  const second = await startInProcess(t, cfg)
+  await waitFor(() => a.events.length === 2 && b.events.length === 1, 'a drained its backlog, b got the old temp event')
+  const mq2 = await connect(t, second.mqttAddress!.port, { username: 'sensor-1', password: TOKENS['sensor-1'] })
+  await mq2.publishAsync('devices/sensor-1/temp', '{"n":3}', { qos: 1 })
+  await waitFor(() => c.events.length === 1 && b.events.length === 2, 'new events reach b and c')
+  assert.deepEqual(ns(b), [1, 3])
+  assert.deepEqual(ns(c), [3], 'startFrom newest (the default) skips what was stored before')
+})
