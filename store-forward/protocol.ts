@@ -1,7 +1,7 @@
 // Messages between the main thread and the SQLite worker threads. The main thread never touches
 // SQLite (DESIGN.md, promise 6): every read and write is one of these requests.
 
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 
 /** Test-only fault switches, shared with the writer through a SharedArrayBuffer (Int32Array slots). */
 export const FaultSlot = {

@@ -102,6 +102,32 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_uplink ON dead_letters (uplink, id);
 `
 
+/**
+ * Migrations, applied in order in one transaction each: MIGRATIONS[n] takes a store from version
+ * n + 1 to n + 2 (version 1 is SCHEMA above).
+ */
+const MIGRATIONS: readonly string[] = [
+  // 1 → 2: broker state that is not events (retained messages) and the device registry.
+  `
+CREATE TABLE retained (
+  topic TEXT PRIMARY KEY,
+  payload BLOB NOT NULL,
+  qos INTEGER NOT NULL,
+  properties TEXT,
+  updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE devices (
+  id TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL,
+  publish TEXT NOT NULL,
+  subscribe TEXT NOT NULL,
+  enabled INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+`,
+]
+
 function sqliteCode (err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined
 }
@@ -185,12 +211,21 @@ class Writer {
         // A fresh file, or one from before any schema: create everything in one transaction.
         db.transaction(() => {
           db.exec(SCHEMA)
+          for (const m of MIGRATIONS) db.exec(m)
           db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('storeid', randomUUID())
           db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('clean', '1')
           db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('floor_ms', '0')
           db.pragma(`user_version = ${SCHEMA_VERSION}`)
         })()
         created = true
+      } else {
+        // An older store: each migration in its own transaction, the version moving with it.
+        for (let v = version; v < SCHEMA_VERSION; v++) {
+          db.transaction(() => {
+            db.exec(MIGRATIONS[v - 1]!)
+            db.pragma(`user_version = ${v + 1}`)
+          })()
+        }
       }
       const clean = (db.prepare("SELECT value FROM meta WHERE key = 'clean'").pluck().get() as string | undefined) === '1'
       const unclean = existed && !created && !clean

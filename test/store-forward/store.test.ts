@@ -237,3 +237,23 @@ test('the clock floor is persisted (at most every 10 s, and at a clean stop) and
   const s2 = await open(t, dir, { floorMs: () => 0 })
   assert.equal(s2.info.floorMs, floor, 'the floor at the clean stop')
 })
+
+test('a version 1 store is migrated to the current schema in place, its events kept', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: Buffer.from('kept'), eventId: 'e1' })
+  await s1.close()
+  // Make it look like a store written before the migration.
+  const db = new Database(path.join(dir, 'gridgate.db'))
+  db.exec('DROP TABLE retained; DROP TABLE devices')
+  db.pragma('user_version = 1')
+  db.close()
+  const s2 = await open(t, dir)
+  const rows = await s2.readPage(0, 0, 10, 1 << 20)
+  assert.deepEqual(rows.map(r => Buffer.from(r.body).toString()), ['kept'])
+  await s2.close()
+  const check = new Database(path.join(dir, 'gridgate.db'), { readonly: true })
+  t.after(() => check.close())
+  assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION)
+  assert.deepEqual(check.prepare("SELECT name FROM sqlite_master WHERE name IN ('retained', 'devices') ORDER BY name").pluck().all(), ['devices', 'retained'])
+})
