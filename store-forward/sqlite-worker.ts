@@ -525,15 +525,19 @@ class Writer {
     return freed > 0 || over <= 0
   }
 
-  /** Removes the oldest events (then dead letters) totalling at least `need` bytes; counts drops per uplink. */
-  private dropOldest (need: number): number {
+  /**
+   * Removes the oldest events, in sequence order, while `more` says so (given the row and the bytes
+   * freed so far); counts what each uplink had not yet received as drops with `reason`, and moves the
+   * cursors of the uplinks that were behind past them. Returns the bytes freed.
+   */
+  private removeOldest (reason: DropReason, more: (row: { ingestMs: number }, freed: number) => boolean): number {
     let freed = 0
     let upTo = 0
     const perSlot = new Map<number, number>()
-    while (freed < need) {
-      const rows = this.stmts.oldestRows.all(upTo, DROP_SCAN) as Array<{ seq: number, routes: number, size: number }>
-      if (rows.length === 0) break
+    scan: for (;;) {
+      const rows = this.stmts.oldestRows.all(upTo, DROP_SCAN) as Array<{ seq: number, ingestMs: number, routes: number, size: number }>
       for (const r of rows) {
+        if (!more(r, freed)) break scan
         freed += r.size + ROW_OVERHEAD
         upTo = r.seq
         for (const [slot, u] of this.uplinks) {
@@ -543,16 +547,22 @@ class Writer {
             u.bytes -= r.size
           }
         }
-        if (freed >= need) break
       }
+      if (rows.length < DROP_SCAN) break
     }
     if (upTo > 0) {
       this.delta.rows -= this.stmts.deleteUpTo.run(upTo).changes
       for (const [slot, u] of this.uplinks) {
         if (u.cursor < upTo) { this.stmts.setCursor.run(upTo, slot, upTo); u.cursor = upTo }
       }
-      for (const [slot, n] of perSlot) this.drops.push({ slot, reason: 'quota', events: n })
+      for (const [slot, n] of perSlot) this.drops.push({ slot, reason, events: n })
     }
+    return freed
+  }
+
+  /** Removes the oldest events (then dead letters) totalling at least `need` bytes; counts drops per uplink. */
+  private dropOldest (need: number): number {
+    let freed = this.removeOldest('quota', (_row, sofar) => sofar < need)
     // Dead letters count toward the quota too: the oldest go once no event is left to drop.
     while (freed < need) {
       const rows = this.stmts.oldestDeadLetters.all(DROP_SCAN) as Array<{ id: number, uplink: string, size: number }>
@@ -708,31 +718,7 @@ class Writer {
 
   /** TTL: events and dead letters stamped before `before` (clock steps already applied) are removed. */
   private expire (before: number): void {
-    let upTo = 0
-    const perSlot = new Map<number, number>()
-    for (;;) {
-      const rows = this.stmts.oldestRows.all(upTo, DROP_SCAN) as Array<{ seq: number, ingestMs: number, routes: number, size: number }>
-      let fresh = false
-      for (const r of rows) {
-        if (r.ingestMs >= before) { fresh = true; break }
-        upTo = r.seq
-        for (const [slot, u] of this.uplinks) {
-          if ((r.routes & 2 ** slot) !== 0 && r.seq > u.cursor) {
-            perSlot.set(slot, (perSlot.get(slot) ?? 0) + 1)
-            u.events--
-            u.bytes -= r.size
-          }
-        }
-      }
-      if (fresh || rows.length < DROP_SCAN) break
-    }
-    if (upTo > 0) {
-      this.delta.rows -= this.stmts.deleteUpTo.run(upTo).changes
-      for (const [slot, u] of this.uplinks) {
-        if (u.cursor < upTo) { this.stmts.setCursor.run(upTo, slot, upTo); u.cursor = upTo }
-      }
-      for (const [slot, n] of perSlot) this.drops.push({ slot, reason: 'ttl', events: n })
-    }
+    this.removeOldest('ttl', (row) => row.ingestMs < before)
     const expired = this.stmts.expiredDeadLetters.all(before) as Array<{ uplink: string, n: number }>
     if (expired.length > 0) {
       this.stmts.deleteExpiredDeadLetters.run(before)

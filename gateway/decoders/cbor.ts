@@ -1,6 +1,6 @@
 // CBOR (RFC 8949): application/cbor and every +cbor type, normalized to JSON data.
 //
-// Before cbor-x decodes anything, a header-only scan walks the item tree without recursion and
+// Before cbor2 decodes anything, a header-only scan walks the item tree without recursion and
 // refuses what has no faithful JSON form or would cost unbounded work, so the library only ever sees
 // items this file knows how to render. The JSON form (close to RFC 8949 §6.1, stricter where §6.1
 // would silently substitute a value):
@@ -12,14 +12,14 @@
 //   - maps → objects; a key that is not a text string is refused;
 //   - false/true/null → themselves; undefined → null (§6.1); other simple values are refused;
 //   - tags 0 (date/time string) and 1 (epoch time) → RFC 3339 strings; tag 55799 (self-described
-//     CBOR) and 259 (a map whose keys may be any type, as cbor-x writes JS Maps) → their content;
+//     CBOR) and 259 (a map whose keys may be any type, as some encoders write JS Maps) → their content;
 //     every other tag is refused (dropping its number would change the meaning);
-//   - indefinite-length byte/text strings are refused (cbor-x does not decode them); indefinite-length
+//   - indefinite-length byte/text strings are refused (kept out for simplicity; devices rarely stream); indefinite-length
 //     arrays and maps are accepted.
 // Nesting deeper than MAX_CBOR_DEPTH is refused.
 
 import { Buffer } from 'node:buffer'
-import { Decoder as CborX } from 'cbor-x'
+import { decode as cbor2Decode, Tag } from 'cbor2'
 import { GridgateError } from '../errors.js'
 import type { Decoder, DecodeResult } from './index.js'
 
@@ -32,7 +32,6 @@ const ALLOWED_TAGS = new Set([0, 1, 2, 3, 259, 55799])
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true })
 // Maps stay Maps so non-string keys are seen (and refused) instead of being stringified by the library.
-const cborx = new CborX({ mapsAsObjects: false, useRecords: false })
 
 function invalid (message: string, cause?: unknown): GridgateError {
   return new GridgateError('GG_ERR_PAYLOAD_INVALID', `the CBOR payload ${message}`, cause === undefined ? undefined : { cause })
@@ -135,11 +134,11 @@ export function scanCbor (b: Uint8Array, maxDepth = MAX_CBOR_DEPTH): void {
   }
 }
 
-/** Decode a scanned payload with cbor-x. */
+/** Decode a scanned payload with cbor2 (maps always as Map, so key types survive). */
 export function decodeCborValue (payload: Uint8Array): unknown {
   scanCbor(payload)
   try {
-    return cborx.decode(payload)
+    return cbor2Decode(payload, { preferMap: true })
   } catch (err) {
     throw invalid(`does not parse: ${(err as Error).message}`, err)
   }
@@ -171,6 +170,8 @@ export function cborJson (v: unknown): string {
     }
     return s + '}'
   }
+  // Tag 259 (a map with any keys) and 55799 (self-described CBOR) are transparent; the scan refused the others.
+  if (v instanceof Tag) return cborJson(v.contents)
   if (v instanceof Date) {
     if (Number.isNaN(v.getTime())) throw invalid('has a tag 0/1 date that is not a valid time')
     return JSON.stringify(v.toISOString())

@@ -2,7 +2,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import { encode } from 'cbor-x'
+import { encode } from 'cbor2'
 import protobuf from 'protobufjs'
 import { tempDir, waitFor } from '../helpers/util.js'
 import { startReceiver } from '../helpers/receiver.js'

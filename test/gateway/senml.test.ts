@@ -1,7 +1,7 @@
 // SenML (RFC 8428): the examples of §5.1, resolved as §4.6 says, in JSON and in CBOR.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { encode } from 'cbor-x'
+import { encode } from 'cbor2'
 import { isGridgateError } from '../../gateway/errors.js'
 import { defaultDecoders } from '../../gateway/decoders/index.js'
 
@@ -132,7 +132,7 @@ test('SenML CBOR with the integer labels of RFC 8428 §6 resolves like its JSON 
        00 67 76 6f 6c 74 61 67 65  01 61 56  02 fb 40 5e 06 66 66 66 66 66
     a3 00 67 63 75 72 72 65 6e 74  01 61 41  02 fb 3f f3 33 33 33 33 33 33`)
   assert.deepEqual(resolve(pack, 'application/senml+cbor'), resolve(MULTIPLE_DATAPOINTS))
-  // §5.1.3 encoded by cbor-x with integer labels gives §5.1.4 too.
+  // §5.1.3 encoded by cbor2 with integer labels gives §5.1.4 too.
   const labels: Record<string, number> = { bver: -1, bn: -2, bt: -3, bu: -4, bv: -5, bs: -6, n: 0, u: 1, v: 2, vs: 3, vb: 4, s: 5, t: 6, ut: 7, vd: 8 }
   const records = (JSON.parse(MULTIPLE_MEASUREMENTS) as Array<Record<string, unknown>>)
     .map(r => new Map(Object.entries(r).map(([k, v]) => [labels[k], v])))
@@ -158,7 +158,7 @@ test('SenML data values: vs, vb, and vd (a CBOR byte string, base64url in JSON)'
     new Map<number, unknown>([[-2, 'urn:dev:ow:10e2073a01080063:'], [0, 'temp'], [1, 'Cel'], [2, 23.1]]),
     new Map<number, unknown>([[0, 'label'], [3, 'Machine Room']]),
     new Map<number, unknown>([[0, 'open'], [4, false]]),
-    new Map<number, unknown>([[0, 'nfc-reader'], [8, Buffer.from('hi \n')]]),
+    new Map<number, unknown>([[0, 'nfc-reader'], [8, new Uint8Array(Buffer.from('hi \n'))]]),
   ])
   assert.deepEqual(resolve(cbor, 'application/senml+cbor'), expected)
 })
