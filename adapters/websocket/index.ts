@@ -1,7 +1,8 @@
 // WebSocket device adapter on the shared HTTP(S) listener:
 //   - `websocket.eventsPath` (/ws): JSON events. The device authenticates at the upgrade (Bearer header or
 //     `?auth=<deviceId>:<secret>`); a frame carries one event or an array of them; the valid ones are
-//     committed together and every frame gets one answer `{ "ack": [...], "nack": [...] }`.
+//     committed together and answered `{"ack": [{"id", "eventId"}, …]}`; each invalid one gets its own
+//     `{"nack": <id>, "code", "message"}`.
 //   - `websocket.mqttPath` (/mqtt): MQTT over WebSocket (subprotocol `mqtt`), fed to the MQTT adapter's
 //     broker, so auth, ACL and ack semantics are the TCP ones and messages cross between transports.
 import type { IncomingMessage } from 'node:http'
@@ -186,10 +187,7 @@ export class WebSocketAdapter {
         answer.nack.push(isGridgateError(err) ? nack(it.id, err.code, err.message) : nack(it.id, 'GG_ERR_INTERNAL'))
       }
     }
-    const out: Answer = {}
-    if (answer.ack.length > 0 || answer.nack.length === 0) out.ack = answer.ack
-    if (answer.nack.length > 0) out.nack = answer.nack
-    this.answer(conn, out)
+    this.answer(conn, answer)
   }
 
   /** One item of a frame: its ingest, ready to start, or the reason it is refused. */
@@ -254,7 +252,9 @@ export class WebSocketAdapter {
       this.close(conn, 1008, 'slow consumer: acks are not read')
       return
     }
-    ws.send(JSON.stringify(a))
+    // The valid items of a frame are acknowledged together; every refused one gets its own nack.
+    if ((a.ack !== undefined && a.ack.length > 0) || (a.nack ?? []).length === 0) ws.send(JSON.stringify({ ack: a.ack ?? [] }))
+    for (const n of a.nack ?? []) ws.send(JSON.stringify({ nack: n.id, code: n.code, message: n.message }))
   }
 
   private close (conn: Conn, code: number, reason: string): void {

@@ -3,7 +3,7 @@
 import { WebSocket } from 'ws'
 import { runAckSuite, type Outcome, type SendRequest } from '../helpers/ack-suite.js'
 
-interface Answer { ack?: Array<{ id: string, eventId: string }>, nack?: Array<{ id: string | null, code: string }> }
+interface Answer { ack?: Array<{ id: string, eventId: string }>, nack?: string | null, code?: string }
 
 /** Opens a connection; an Outcome when the upgrade was refused. */
 function open (port: number, r: SendRequest, signal: AbortSignal): Promise<WebSocket | Outcome> {
@@ -27,9 +27,8 @@ function answer (ws: WebSocket, id: string, signal: AbortSignal): Promise<Outcom
     const onMessage = (data: Buffer): void => {
       const a = JSON.parse(data.toString()) as Answer
       const ack = a.ack?.find(x => x.id === id)
-      const nack = a.nack?.find(x => x.id === id || x.id === null)
       if (ack !== undefined) done({ acked: true, detail: `ack ${ack.eventId}` })
-      else if (nack !== undefined) done({ acked: false, detail: `nack ${nack.code}` })
+      else if ('nack' in a && (a.nack === id || a.nack === null)) done({ acked: false, detail: `nack ${a.code}` })
     }
     ws.on('message', onMessage)
     ws.once('close', (code) => done({ acked: false, detail: `closed ${code}` }))
