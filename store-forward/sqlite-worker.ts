@@ -32,8 +32,11 @@ const bindingOptions = ((): Database.Options => {
 
 const faults = init.faults === null ? null : new Int32Array(init.faults)
 
-/** Largest number of rows one commit deletes, so a large cursor jump cannot make one huge transaction. */
-const DELETE_CHUNK = 20_000
+/**
+ * Largest number of rows one commit deletes: deletes share transactions with live appends, so a big
+ * cursor jump (a drained backlog) must not make the next acks wait for one huge delete.
+ */
+const DELETE_CHUNK = 4_096
 /**
  * Expired dedup keys deleted per commit beyond twice the keys it adds, so pruning keeps pace with
  * any ingest rate while no single commit does a large delete.

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import * as grpc from '@grpc/grpc-js'
-import mqtt from 'mqtt'
 import { tempDir, waitFor } from '../helpers/util.js'
+import { CounterPublisher } from '../helpers/mqtt.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, spawnGateway, writeConfig, TOKENS } from '../helpers/gateway.js'
 import { startGrpcReceiver } from '../../scripts/grpc-receiver.js'
@@ -25,36 +25,6 @@ function seeded (seed: number): () => number {
   }
 }
 
-/** Publishes counters at QoS1 with a window in flight; records which ones were PUBACKed. */
-class CounterPublisher {
-  next = 0
-  readonly acked = new Set<number>()
-  private client: mqtt.MqttClient | null = null
-  private running = false
-
-  start (port: number, window = 32): void {
-    this.running = true
-    const client = mqtt.connect({ host: '127.0.0.1', port, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0, clientId: `chaos-${this.next}` })
-    this.client = client
-    client.on('error', () => {})
-    client.on('connect', () => { for (let i = 0; i < window; i++) this.publishOne(client) })
-  }
-
-  private publishOne (client: mqtt.MqttClient): void {
-    if (!this.running || !client.connected) return
-    const n = this.next++
-    client.publish('devices/sensor-1/counter', JSON.stringify({ n }), { qos: 1 }, (err) => {
-      if (err !== undefined && err !== null) return
-      this.acked.add(n)
-      this.publishOne(client)
-    })
-  }
-
-  stop (): void {
-    this.running = false
-    this.client?.end(true)
-  }
-}
 
 type Arrival = { id: string, sequence: string, data?: unknown }
 
@@ -109,11 +79,11 @@ test('under random 500s, hangs, resets and repeated kill -9, every acknowledged 
       { name: 'analytics', type: 'grpc', address: rpc.address, ...fast },
     ],
   }))
-  const pub = new CounterPublisher()
+  const pub = new CounterPublisher('chaos')
   const rounds = 4
   for (let round = 0; round < rounds; round++) {
     const gw = await spawnGateway(t, file)
-    pub.start(gw.mqttPort)
+    pub.start(gw.mqttPort, 32)
     await sleep(700 + Math.floor(random() * 800))
     gw.child.kill('SIGKILL')
     await gw.exited

@@ -4,44 +4,11 @@ import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import mqtt from 'mqtt'
 import { tempDir, waitFor } from '../helpers/util.js'
 import { startReceiver, type Receiver } from '../helpers/receiver.js'
 import { baseConfig, spawnGateway, writeConfig, TOKENS, type GatewayProcess } from '../helpers/gateway.js'
-import { connect } from '../helpers/mqtt.js'
+import { connect, CounterPublisher } from '../helpers/mqtt.js'
 
-/** Publishes counters at QoS1 with a window in flight; records which ones were PUBACKed. */
-class CounterPublisher {
-  next = 0
-  readonly acked = new Set<number>()
-  private client: mqtt.MqttClient | null = null
-  private running = false
-
-  start (port: number, window = 64): void {
-    this.running = true
-    const client = mqtt.connect({ host: '127.0.0.1', port, username: 'sensor-1', password: TOKENS['sensor-1'], reconnectPeriod: 0, clientId: `crash-${this.next}` })
-    this.client = client
-    client.on('error', () => {})
-    client.on('connect', () => {
-      for (let i = 0; i < window; i++) this.publishOne(client)
-    })
-  }
-
-  private publishOne (client: mqtt.MqttClient): void {
-    if (!this.running || !client.connected) return
-    const n = this.next++
-    client.publish('devices/sensor-1/counter', JSON.stringify({ n }), { qos: 1 }, (err) => {
-      if (err !== undefined && err !== null) return
-      this.acked.add(n)
-      this.publishOne(client)
-    })
-  }
-
-  stop (): void {
-    this.running = false
-    this.client?.end(true)
-  }
-}
 
 function receivedCounters (rx: Receiver): Set<number> {
   return new Set(rx.events.map(e => (e.data as { n: number }).n))
@@ -67,7 +34,7 @@ test('every PUBACKed message survives repeated kill -9 of the gateway', async (t
   const rx = await startReceiver(t)
   const dir = tempDir(t)
   const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
-  const pub = new CounterPublisher()
+  const pub = new CounterPublisher('crash')
   const rounds = 5
   let publishMs = 0
   for (let round = 0; round < rounds; round++) {
@@ -95,7 +62,7 @@ test('SIGTERM under load drains, exits 0, and every acknowledged event is delive
   const dir = tempDir(t)
   const file = writeConfig(dir, baseConfig(path.join(dir, 'data'), { cloud: rx.url }))
   const gw = await spawnGateway(t, file)
-  const pub = new CounterPublisher()
+  const pub = new CounterPublisher('crash')
   pub.start(gw.mqttPort)
   await sleep(1000)
   gw.child.kill('SIGTERM')
