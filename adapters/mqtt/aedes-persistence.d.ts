@@ -13,6 +13,9 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     outgoingUpdate (client: { id: string }, packet: unknown): Promise<void>
     outgoingClearMessageId (client: { id: string }, packet: unknown): Promise<unknown>
     outgoingStream (client: { id: string }): Readable
+    incomingStorePacket (client: { id: string }, packet: unknown): Promise<void>
+    incomingGetPacket (client: { id: string }, packet: unknown): Promise<unknown>
+    incomingDelPacket (client: { id: string }, packet: unknown): Promise<void>
     destroy (): Promise<void>
   }
   export = MemoryPersistence

@@ -127,6 +127,8 @@ export class MqttAdapter implements DeviceAdapter {
     this.broker = broker
     this.o.metrics.setMqttSource(() => ({ retained: this.persistence.retainedCount, queuedMessages: this.persistence.queuedMessages, offlineSessions: broker.offlineSessions }))
     this.broker.on('sessionExpired', () => this.o.metrics.mqttSessionsEnded.inc({ reason: 'expired' }))
+    // [MQTT-3.1.2-6] a clean session's state ends with its connection (aedes leaves QoS 2 receive state behind).
+    this.broker.on('clientDisconnect', (client) => { if (client.clean) this.persistence.forgetSession(client.id) })
     this.broker.on('sessionLimitReached', (_client, info) => {
       if (info.reason !== 'sessionExpiry') return
       this.o.metrics.mqttSessionsEnded.inc({ reason: 'limit' })

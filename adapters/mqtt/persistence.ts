@@ -104,6 +104,8 @@ export class BrokerPersistence extends MemoryPersistence {
    */
   private readonly durable = new Map<string, Buffer | string>()
   private readonly outgoing = new Map<string, QueuedPacket[]>()
+  /** QoS 2 publishes received and not yet released (PUBREL), per client and packet id. */
+  private readonly incoming = new Map<string, Map<number, QueuedPacket>>()
   private queued = 0
 
   constructor (private readonly o: BrokerPersistenceOptions) {
@@ -265,7 +267,7 @@ export class BrokerPersistence extends MemoryPersistence {
     return Readable.from([...(this.outgoing.get(client.id) ?? [])])
   }
 
-  /** Ends a session: its subscriptions (parent) and its whole queue. */
+  /** Ends a session: its subscriptions (parent), its whole queue and its unreleased QoS 2 packets. */
   override async cleanSubscriptions (client: Client): Promise<void> {
     await super.cleanSubscriptions(client)
     const queue = this.outgoing.get(client.id)
@@ -273,6 +275,38 @@ export class BrokerPersistence extends MemoryPersistence {
       this.queued -= queue.length
       this.outgoing.delete(client.id)
     }
+    this.incoming.delete(client.id)
+  }
+
+  // QoS 2 receive state. The in-memory default keeps it until PUBREL, also for a client that never
+  // sends one and never returns; here it goes with the session (forgetSession, cleanSubscriptions).
+
+  override async incomingStorePacket (client: Client, packet: AnyPacket): Promise<void> {
+    let packets = this.incoming.get(client.id)
+    if (packets === undefined) {
+      packets = new Map()
+      this.incoming.set(client.id, packets)
+    }
+    const copy = copyPacket(packet)
+    copy.messageId = packet.messageId as number
+    packets.set(copy.messageId, copy)
+  }
+
+  override async incomingGetPacket (client: Client, packet: { messageId?: number | undefined }): Promise<QueuedPacket> {
+    const p = this.incoming.get(client.id)?.get(packet.messageId ?? -1)
+    if (p === undefined) throw new Error('no such packet')
+    return p
+  }
+
+  override async incomingDelPacket (client: Client, packet: { messageId?: number | undefined }): Promise<void> {
+    const packets = this.incoming.get(client.id)
+    if (packets === undefined || !packets.delete(packet.messageId ?? -1)) throw new Error('no such packet')
+    if (packets.size === 0) this.incoming.delete(client.id)
+  }
+
+  /** A session that ends with its connection (clean session / Session Expiry Interval 0) keeps nothing. */
+  forgetSession (clientId: string): void {
+    this.incoming.delete(clientId)
   }
 }
 

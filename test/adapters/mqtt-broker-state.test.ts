@@ -288,3 +288,29 @@ test('MQTT 5 properties round-trip through their stored JSON form', () => {
   assert.equal(encodeProperties(undefined), null)
   assert.equal(encodeProperties({ topicAlias: 1 }), null)
 })
+
+test('a retained message whose MQTT 5 Message Expiry passed is not delivered and is deleted from the store', async (t) => {
+  const { config, gw, port } = await setup(t)
+  const dev5 = await connect(t, port, { ...sensor, clientId: 'dev5', protocolVersion: 5 })
+  const at = Date.now()
+  await publish(dev5, 'devices/sensor-1/short', 's', { qos: 1, retain: true, properties: { messageExpiryInterval: 1 } })
+  await publish(dev5, 'devices/sensor-1/long', 'l', { qos: 1, retain: true })
+  await end(dev5)
+  await gw.stop()
+  // The expiry counts from when the message was retained, across the restart.
+  await waitFor(() => Date.now() > at + 1100, 'the message expiry to pass')
+  const gw2 = await startInProcess(t, config)
+  const admin2 = `http://127.0.0.1:${gw2.adminAddress!.port}`
+  assert.equal(await metric(admin2, 'gridgate_mqtt_retained_messages'), 2)
+  const sub = await connect(t, gw2.mqttAddress!.port, { ...controller, clientId: 'watcher' })
+  const got = await subscribe(sub, 'devices/sensor-1/#')
+  const dev = await connect(t, gw2.mqttAddress!.port, { ...sensor, clientId: 'dev' })
+  await publish(dev, 'devices/sensor-1/live', 'x', { qos: 1 })
+  await waitFor(() => got.some(p => p.topic === 'devices/sensor-1/live'), 'the live message')
+  assert.deepEqual(got.filter(p => p.retain).map(p => p.topic), ['devices/sensor-1/long'])
+  // aedes deletes the expired message when it meets it; the deletion reaches the store too.
+  await waitFor(async () => await metric(admin2, 'gridgate_mqtt_retained_messages') === 1, 'the expired message deleted')
+  await gw2.stop()
+  const gw3 = await startInProcess(t, config)
+  assert.equal(await metric(`http://127.0.0.1:${gw3.adminAddress!.port}`, 'gridgate_mqtt_retained_messages'), 1)
+})
