@@ -94,8 +94,11 @@ export function decodeProperties (json: string | null): Record<string, unknown> 
 }
 
 export class BrokerPersistence extends MemoryPersistence {
-  /** Topics with a retained message in memory (mirrors the parent's private map, for the cap). */
-  private readonly retainedTopics = new Set<string>()
+  /**
+   * Retained messages in memory by topic, as stored (mirrors the parent's private map): for the cap,
+   * and to skip the write when a device publishes the same retained message again.
+   */
+  private readonly retainedTopics = new Map<string, { payload: Buffer | string, qos: number, properties: string | null }>()
   /** Topics whose retained write is committing; they count against the cap. */
   private readonly pendingRetained = new Set<string>()
   /**
@@ -120,7 +123,7 @@ export class BrokerPersistence extends MemoryPersistence {
   override async setup (broker: unknown): Promise<void> {
     await super.setup(broker)
     const { rows } = await this.o.retained.load(this.o.maxRetained)
-    for (const r of rows) await this.remember(retainedPacket(r))
+    for (const r of rows) await this.remember(retainedPacket(r), r.properties)
   }
 
   /** Whether a retained message on `topic` fits under mqtt.maxRetained (replacing one always fits). */
@@ -139,20 +142,29 @@ export class BrokerPersistence extends MemoryPersistence {
     if (!empty && !this.admitsRetained(packet.topic)) return false
     const now = this.o.now()
     const props = (packet as { properties?: Record<string, unknown> }).properties
-    const wasPending = this.pendingRetained.has(packet.topic)
-    this.pendingRetained.add(packet.topic)
-    try {
-      await this.o.retained.write({
-        topic: packet.topic,
-        payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
-        qos: packet.qos,
-        properties: empty ? null : encodeProperties(props),
-        updatedMs: now,
-      })
-    } finally {
-      if (!wasPending) this.pendingRetained.delete(packet.topic)
-    }
     const interval = props?.messageExpiryInterval
+    const properties = empty ? null : encodeProperties(props)
+    // The same retained message again (a device re-announcing its state) or deleting what is not
+    // there: the store already says so, no commit needed. With a Message Expiry the time matters.
+    const held = this.retainedTopics.get(packet.topic)
+    const unchanged = empty
+      ? held === undefined && !this.pendingRetained.has(packet.topic)
+      : held !== undefined && interval === undefined && held.qos === packet.qos && held.properties === properties && sameBytes(held.payload, payload)
+    if (!unchanged) {
+      const wasPending = this.pendingRetained.has(packet.topic)
+      this.pendingRetained.add(packet.topic)
+      try {
+        await this.o.retained.write({
+          topic: packet.topic,
+          payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+          qos: packet.qos,
+          properties,
+          updatedMs: now,
+        })
+      } finally {
+        if (!wasPending) this.pendingRetained.delete(packet.topic)
+      }
+    }
     await this.remember({
       cmd: 'publish',
       topic: packet.topic,
@@ -162,7 +174,7 @@ export class BrokerPersistence extends MemoryPersistence {
       dup: false,
       ...(props === undefined ? {} : { properties: props }),
       ...(typeof interval === 'number' && interval > 0 ? { messageExpiry: now + interval * 1000 } : {}),
-    })
+    }, properties)
     // Abandoned publishes (connection gone before aedes published) leave marks: keep them bounded.
     if (this.durable.size > 2 * this.o.maxRetained + 1000) this.durable.clear()
     this.durable.set(packet.topic, payload)
@@ -184,20 +196,21 @@ export class BrokerPersistence extends MemoryPersistence {
       return
     }
     const now = this.o.now()
+    const properties = empty ? null : encodeProperties(packet.properties)
     await this.o.retained.write({
       topic: packet.topic,
       payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload,
       qos: packet.qos,
-      properties: empty ? null : encodeProperties(packet.properties),
+      properties,
       updatedMs: now,
     })
-    await this.remember(packet)
+    await this.remember(packet, properties)
   }
 
-  private async remember (packet: QueuedPacket): Promise<void> {
+  private async remember (packet: QueuedPacket, properties: string | null): Promise<void> {
     await super.storeRetained(packet as never)
     if (packet.payload.length === 0) this.retainedTopics.delete(packet.topic)
-    else this.retainedTopics.add(packet.topic)
+    else this.retainedTopics.set(packet.topic, { payload: packet.payload, qos: packet.qos, properties })
   }
 
   // Offline queues: one array per session, capped, drop-oldest. The queue also holds messages sent
@@ -308,6 +321,11 @@ export class BrokerPersistence extends MemoryPersistence {
   forgetSession (clientId: string): void {
     this.incoming.delete(clientId)
   }
+}
+
+function sameBytes (a: Buffer | string, b: Buffer | string): boolean {
+  const bytes = (x: Buffer | string): Buffer => typeof x === 'string' ? Buffer.from(x) : x
+  return bytes(a).equals(bytes(b))
 }
 
 function retainedPacket (r: RetainedMessage): QueuedPacket {

@@ -314,3 +314,24 @@ test('a retained message whose MQTT 5 Message Expiry passed is not delivered and
   const gw3 = await startInProcess(t, config)
   assert.equal(await metric(`http://127.0.0.1:${gw3.adminAddress!.port}`, 'gridgate_mqtt_retained_messages'), 1)
 })
+
+test('the same retained message published again costs no extra commit; a changed one does', async (t) => {
+  // No uplinks: every commit comes from these publishes.
+  const gw = await startInProcess(t, baseConfig(path.join(tempDir(t), 'data'), {}))
+  const dev = await connect(t, gw.mqttAddress!.port, { ...sensor, clientId: 'dev' })
+  const commits = async (fn: () => Promise<void>): Promise<number> => {
+    const before = gw.store.commits
+    await fn()
+    return gw.store.commits - before
+  }
+  assert.equal(await commits(() => publish(dev, 'devices/sensor-1/state', 'on', { qos: 1, retain: true })), 2, 'the event, then the retained message')
+  assert.equal(await commits(() => publish(dev, 'devices/sensor-1/state', 'on', { qos: 1, retain: true })), 1, 'the event only')
+  assert.equal(await commits(() => publish(dev, 'devices/sensor-1/state', 'off', { qos: 1, retain: true })), 2)
+  assert.equal(await commits(() => publish(dev, 'devices/sensor-1/state', '', { qos: 1, retain: true })), 2)
+  assert.equal(await commits(() => publish(dev, 'devices/sensor-1/state', '', { qos: 1, retain: true })), 1, 'nothing left to delete')
+  const sub = await connect(t, gw.mqttAddress!.port, { ...controller, clientId: 'watcher' })
+  const got = await subscribe(sub, 'devices/sensor-1/#')
+  await publish(dev, 'devices/sensor-1/state', 'again', { qos: 1, retain: true })
+  await waitFor(() => got.length === 1, 'the live message')
+  assert.equal(got[0]!.payload.toString(), 'again')
+})
