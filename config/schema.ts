@@ -85,6 +85,17 @@ const mqttSchema = z.strictObject({
   host: host('0.0.0.0'),
   port: port(1883),
   maxPacketSize: size('256KiB', { min: '1KiB', max: '256MiB' }),
+  // Broker state that is not events. Retained messages are kept in the store (they survive a restart),
+  // at most this many; a retained message on a new topic beyond it is not retained (MQTT 5: 0x97).
+  maxRetained: z.int(expected('an integer 0..1000000')).min(0, expected('an integer 0..1000000')).max(1_000_000, expected('an integer 0..1000000')).default(10_000),
+  // Messages one persistent session holds while its client is away (or has not acknowledged);
+  // beyond it the oldest are dropped and counted.
+  maxOfflineMessages: z.int(expected('an integer 1..1000000')).min(1, expected('an integer 1..1000000')).max(1_000_000, expected('an integer 1..1000000')).default(1000),
+  // A persistent session whose client stays away longer ends (subscriptions and queue); MQTT 5
+  // clients may ask for less. Whole seconds, at least 1s.
+  sessionExpiry: duration('1h'),
+  // Disconnected persistent sessions held at once; a session that disconnects beyond it ends at once.
+  maxSessions: z.int(expected('an integer 1..1000000')).min(1, expected('an integer 1..1000000')).max(1_000_000, expected('an integer 1..1000000')).default(10_000),
   // MQTT over TLS: a second listener on the same broker. Paths resolve against the config file's directory.
   tls: z.strictObject({
     port: port(8883),

@@ -32,6 +32,9 @@ export const ErrorCodes = {
   GG_ERR_USAGE: 'The command line or an admin API request was not understood.',
   GG_ERR_NOT_FOUND: 'No such admin API route.',
   GG_ERR_INTERNAL: 'An unexpected error; the log has the details.',
+  GG_ERR_RETAINED_LIMIT: 'mqtt.maxRetained retained messages are held: a retained message on a new topic is not retained (MQTT 5: refused with 0x97); clear unused ones with an empty retained publish, or raise the limit.',
+  GG_ERR_MQTT_QUEUE_DROPPED: 'A persistent MQTT session\'s queue passed mqtt.maxOfflineMessages; its oldest messages were dropped (gridgate_mqtt_offline_dropped_total).',
+  GG_ERR_MQTT_SESSION_LIMIT: 'mqtt.maxSessions disconnected persistent sessions are held; a session that disconnected beyond it ended at once.',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

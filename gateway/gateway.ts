@@ -257,6 +257,21 @@ export class Gateway {
         tls: c.mqtt.tls,
         allowAnonymous: c.auth.allowAnonymous,
         rejectWaitMs: c.store.rejectWait,
+        state: {
+          retained: {
+            load: async (max) => {
+              const r = await this.store.loadRetained(max)
+              if (r.deleted > 0) this.log.warn({ code: 'GG_ERR_RETAINED_LIMIT', deleted: r.deleted, maxRetained: max }, 'more retained messages were stored than mqtt.maxRetained allows; the oldest were deleted')
+              return r
+            },
+            write: (row) => this.store.writeRetained(row),
+          },
+          maxRetained: c.mqtt.maxRetained,
+          maxOfflineMessages: c.mqtt.maxOfflineMessages,
+          sessionExpiryMs: c.mqtt.sessionExpiry,
+          maxSessions: c.mqtt.maxSessions,
+          now: () => this.clock.now(),
+        },
         registry,
         ingest,
         metrics: this.metrics,

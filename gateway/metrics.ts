@@ -20,6 +20,12 @@ export interface StoreGaugeSource {
   diskFree: number | null
   uplinks: ReadonlyMap<string, { deadLetters: number }>
 }
+/** MQTT broker state that is not events (adapters/mqtt/persistence.ts). */
+export interface MqttGaugeSource {
+  retained: number
+  queuedMessages: number
+  offlineSessions: number
+}
 /** gridgate_uplink_breaker_state values. */
 export const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 
@@ -43,6 +49,10 @@ export class Metrics {
   readonly storeReady: Gauge
   readonly clockSynced: Gauge
   readonly dropped: Counter<'uplink' | 'reason'>
+  readonly mqttRetainedRefused: Counter
+  readonly mqttOfflineDropped: Counter
+  readonly mqttSessionsEnded: Counter<'reason'>
+  private mqttSource: () => MqttGaugeSource | null = () => null
   private storeSource: () => StoreGaugeSource | null = () => null
   private uplinkSources: () => UplinkGaugeSource[] = () => []
 
@@ -113,8 +123,26 @@ export class Metrics {
         }
       },
     })
+    // MQTT broker state that is not events: retained messages, session queues, sessions.
+    this.mqttRetainedRefused = new Counter({ name: 'gridgate_mqtt_retained_refused_total', help: 'Retained messages on a new topic not retained because mqtt.maxRetained was reached (MQTT 5: refused with 0x97).', registers })
+    this.mqttOfflineDropped = new Counter({ name: 'gridgate_mqtt_offline_dropped_total', help: 'Messages dropped from the head of a persistent session\'s queue beyond mqtt.maxOfflineMessages.', registers })
+    this.mqttSessionsEnded = new Counter({ name: 'gridgate_mqtt_sessions_ended_total', help: 'Disconnected persistent sessions removed, by reason (expired: mqtt.sessionExpiry or the client\'s Session Expiry Interval; limit: mqtt.maxSessions).', labelNames: ['reason'], registers })
+    const mqtt = (): MqttGaugeSource | null => this.mqttSource()
+    new Gauge({
+      name: 'gridgate_mqtt_retained_messages', help: 'Retained MQTT messages held (and stored in the SQLite file).', registers,
+      collect () { const m = mqtt(); if (m !== null) this.set(m.retained) },
+    })
+    new Gauge({
+      name: 'gridgate_mqtt_queued_messages', help: 'Messages in persistent sessions\' queues (offline, or sent and not yet acknowledged).', registers,
+      collect () { const m = mqtt(); if (m !== null) this.set(m.queuedMessages) },
+    })
+    new Gauge({
+      name: 'gridgate_mqtt_offline_sessions', help: 'Disconnected persistent MQTT sessions held until they expire.', registers,
+      collect () { const m = mqtt(); if (m !== null) this.set(m.offlineSessions) },
+    })
   }
 
+  setMqttSource (fn: () => MqttGaugeSource | null): void { this.mqttSource = fn }
   setUplinkSource (fn: () => UplinkGaugeSource[]): void { this.uplinkSources = fn }
   setStoreSource (fn: () => StoreGaugeSource | null): void { this.storeSource = fn }
 }

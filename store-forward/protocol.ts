@@ -148,9 +148,17 @@ export interface InitResult {
 
 export interface StoredRow { seq: number, ingestMs: number, body: Uint8Array }
 
+/**
+ * A retained MQTT message as the store keeps it (broker state, not an event). An empty payload in a
+ * write deletes the topic's row ([MQTT-3.3.1-10]). `properties` is MQTT 5 publish properties as JSON
+ * (binary values base64, see adapters/mqtt/persistence.ts), or null.
+ */
+export interface RetainedRow { topic: string, payload: Uint8Array, qos: number, properties: string | null, updatedMs: number }
+
 export type Request =
   | { op: 'init', uplinks: UplinkInit[], nowMs: number }
-  | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number }
+  // `retained`: retained-message writes that share the group commit's transaction.
+  | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained?: RetainedRow[] }
   | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
   | { op: 'stats' }
   | { op: 'maintain', nowMs: number, steps: ClockStep[] }
@@ -158,9 +166,13 @@ export type Request =
   | { op: 'dlqReplay', uplink: string | null, ids: number[] | null, ingestMs: number }
   | { op: 'dlqPurge', uplink: string | null, ids: number[] | null }
   | { op: 'close', clean: boolean, floorMs: number }
+  // Every retained message, newest first, at most `max`; rows beyond it (mqtt.maxRetained was lowered) are deleted.
+  | { op: 'retainedLoad', max: number }
 
 /** Kept incrementally by the writer (counted once at start), so asking is O(1). */
 export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number, usedBytes: number, maxBytes: number | null, full: boolean }
+
+export interface RetainedLoadResult { rows: RetainedRow[], deleted: number }
 
 export type Envelope = { id: number, req: Request }
 export type Reply = { id: number, ok: true, result: unknown } | { id: number, ok: false, error: { message: string, code?: string } }

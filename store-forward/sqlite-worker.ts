@@ -11,7 +11,7 @@ import {
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem, type AppendResult,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
   type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
-  type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit,
+  type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit, type RetainedRow, type RetainedLoadResult,
 } from './protocol.js'
 import { routingFields } from './event-fields.js'
 import { compileFilter } from './route.js'
@@ -364,7 +364,7 @@ class Writer {
   }
 
   /** One transaction: cursor moves first (they free room), then the quota decision, inserts, dead letters. */
-  commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number): CommitResult {
+  commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained: RetainedRow[] = []): CommitResult {
     const results: WriterAppendResult[] = []
     this.transaction(() => {
       const s = this.stmts
@@ -403,6 +403,7 @@ class Writer {
         s.deadLetter.run(d.uplink, d.seq, d.ingestMs, d.reason, d.status, nowMs, d.body)
         this.dlAdjust(d.uplink, 1)
       }
+      if (retained.length > 0) this.writeRetained(retained)
       this.enforceLagBytes()
       // An index seek on dedup_at: next to nothing when no key has expired.
       s.dedupPrune.run(windowStart, 2 * appends.length + DEDUP_PRUNE_SLACK)
@@ -860,6 +861,39 @@ class Writer {
     }
   }
 
+  // Retained MQTT messages: broker state, not events (no sequence, no routes, no uplink counters).
+  private retainedStatements: { put: Database.Statement, del: Database.Statement } | null = null
+
+  private get retainedStmts (): { put: Database.Statement, del: Database.Statement } {
+    this.retainedStatements ??= {
+      put: this.db.prepare('INSERT OR REPLACE INTO retained (topic, payload, qos, properties, updated_ms) VALUES (?, ?, ?, ?, ?)'),
+      del: this.db.prepare('DELETE FROM retained WHERE topic = ?'),
+    }
+    return this.retainedStatements
+  }
+
+  /** Inside the commit's transaction: an empty payload deletes the topic ([MQTT-3.3.1-10]). */
+  private writeRetained (rows: RetainedRow[]): void {
+    const s = this.retainedStmts
+    for (const r of rows) {
+      if (r.payload.byteLength === 0) s.del.run(r.topic)
+      else s.put.run(r.topic, r.payload, r.qos, r.properties, r.updatedMs)
+    }
+  }
+
+  /** Every retained message, at most `max` (the newest); older ones beyond it are deleted. */
+  retainedLoad (max: number): RetainedLoadResult {
+    let deleted = 0
+    const total = this.db.prepare('SELECT count(*) FROM retained').pluck().get() as number
+    if (total > max) {
+      this.transaction(() => {
+        deleted = this.db.prepare('DELETE FROM retained WHERE topic IN (SELECT topic FROM retained ORDER BY updated_ms DESC, topic LIMIT -1 OFFSET ?)').run(max).changes
+      })
+    }
+    const rows = this.db.prepare('SELECT topic, payload, qos, properties, updated_ms AS updatedMs FROM retained ORDER BY updated_ms DESC, topic LIMIT ?').all(max) as RetainedRow[]
+    return { rows, deleted }
+  }
+
   stats (): StatsResult {
     const db = this.db
     return {
@@ -952,7 +986,7 @@ function handle (req: Request): unknown {
     }
     case 'commit': {
       if (writer === null) throw new Error('commit on a reader')
-      return writer.commit(req.appends, req.acks, req.deadLetters, req.floorMs, req.nowMs)
+      return writer.commit(req.appends, req.acks, req.deadLetters, req.floorMs, req.nowMs, req.retained)
     }
     case 'maintain':
       if (writer === null) throw new Error('maintain on a reader')
@@ -972,6 +1006,9 @@ function handle (req: Request): unknown {
     case 'stats':
       if (writer === null) throw new Error('stats on a reader')
       return writer.stats()
+    case 'retainedLoad':
+      if (writer === null) throw new Error('retainedLoad on a reader')
+      return writer.retainedLoad(req.max)
     case 'close':
       writer?.close(req.clean, req.floorMs)
       reader?.close()

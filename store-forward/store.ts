@@ -10,10 +10,12 @@ import {
   type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
   type StoredRow, type StatsResult, type UplinkState, type UplinkInit, type QuotaInit, type ClockStep,
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
+  type RetainedRow, type RetainedLoadResult,
 } from './protocol.js'
 import { Router } from './route.js'
 
 export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
+export type { RetainedRow, RetainedLoadResult }
 
 export interface StoreOptions {
   dataDir: string
@@ -95,6 +97,8 @@ export class Store extends EventEmitter<StoreEvents> {
   private acks: AckItem[] = []
   private deadLetters: DeadLetterItem[] = []
   private ackWaiters: Array<{ resolve: () => void, reject: (e: Error) => void }> = []
+  /** Retained-message writes waiting for the next commit (they share its transaction). */
+  private retainedQueue: Array<{ row: RetainedRow, resolve: () => void, reject: (e: Error) => void }> = []
   private committing = false
   private delayTimer: NodeJS.Timeout | null = null
   private restarts: number[] = []
@@ -313,7 +317,7 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Group commit: a commit starts as soon as the previous one ended and work is waiting. */
   private flush (): void {
     if (this.committing || !this.writer.alive || !this._ready) return
-    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0) {
+    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0 && this.retainedQueue.length === 0) {
       // Nothing left to commit: whoever waits for "the next commit" (close) is done waiting.
       const waiters = this.ackWaiters
       this.ackWaiters = []
@@ -325,9 +329,11 @@ export class Store extends EventEmitter<StoreEvents> {
     const acks = this.acks
     const deadLetters = this.deadLetters
     const waiters = this.ackWaiters
+    const retained = this.retainedQueue
     this.acks = []
     this.deadLetters = []
     this.ackWaiters = []
+    this.retainedQueue = []
     this.committing = true
     const writer = this.writer
     writer.request<CommitResult>({
@@ -337,7 +343,9 @@ export class Store extends EventEmitter<StoreEvents> {
       deadLetters,
       floorMs: this.opts.floorMs(),
       nowMs: this.opts.now(),
+      ...(retained.length === 0 ? {} : { retained: retained.map(r => r.row) }),
     }).then(({ results, state }) => {
+      for (const r of retained) r.resolve()
       this.commits++
       let last = this.lastSeq
       for (let i = 0; i < batch.length; i++) {
@@ -361,6 +369,8 @@ export class Store extends EventEmitter<StoreEvents> {
     }, (err: Error & { code?: string }) => {
       const wrapped = err instanceof GridgateError ? err : new GridgateError(commitErrorCode(err.code), err.message, { cause: err })
       for (const p of batch) p.reject(wrapped)
+      // A retained write is answered like an append: its publish is not acknowledged, the device resends.
+      for (const r of retained) r.reject(wrapped)
       // Cursor moves and dead letters are not the devices' data: keep them for the next commit.
       if (writer.alive) {
         this.acks.unshift(...acks)
@@ -385,6 +395,23 @@ export class Store extends EventEmitter<StoreEvents> {
       await this.startReader()
     }
     return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes })
+  }
+
+  /**
+   * Writes (or, with an empty payload, deletes) a retained MQTT message; resolves once committed. It
+   * rides the next group commit, so it costs no transaction of its own under load.
+   */
+  writeRetained (row: RetainedRow): Promise<void> {
+    if (!this._ready) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE'))
+    return new Promise((resolve, reject) => {
+      this.retainedQueue.push({ row, resolve, reject })
+      this.schedule()
+    })
+  }
+
+  /** Every retained message (at most `max`, the newest; the store deletes older ones beyond it). */
+  loadRetained (max: number): Promise<RetainedLoadResult> {
+    return this.writer.request<RetainedLoadResult>({ op: 'retainedLoad', max })
   }
 
   stats (): Promise<StatsResult> {
@@ -434,7 +461,7 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Waits for queued work to commit, then closes both connections (marking the stop clean). */
   async close (): Promise<void> {
     if (this.closing) return
-    while (this.committing || this.queue.length > 0 || this.acks.length > 0) {
+    while (this.committing || this.queue.length > 0 || this.acks.length > 0 || this.retainedQueue.length > 0) {
       if (!this.writer.alive) break
       await new Promise<void>((resolve) => {
         this.ackWaiters.push({ resolve, reject: () => resolve() })

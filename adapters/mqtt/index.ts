@@ -14,6 +14,8 @@ import { GridgateError, isGridgateError } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
 import { dedupKey, type Ingest } from '../../gateway/ingest.js'
 import type { Metrics } from '../../gateway/metrics.js'
+import { BrokerPersistence, type RetainedBackend } from './persistence.js'
+import { GridgateBroker } from './broker.js'
 
 export interface MqttAdapterOptions {
   host: string
@@ -28,6 +30,18 @@ export interface MqttAdapterOptions {
   log: Logger
   /** store.rejectWait: how long an MQTT 3.1.1 ack may be withheld while the store is full. */
   rejectWaitMs?: number
+  /** Broker state that is not events: retained messages (kept in the store), queues and sessions. */
+  state: MqttStateOptions
+}
+
+export interface MqttStateOptions {
+  retained: RetainedBackend
+  maxRetained: number
+  maxOfflineMessages: number
+  /** mqtt.sessionExpiry (ms; aedes counts whole seconds, so it is rounded up). */
+  sessionExpiryMs: number
+  maxSessions: number
+  now: () => number
 }
 
 export interface DeviceAdapter {
@@ -39,6 +53,8 @@ export interface DeviceAdapter {
 export const ANONYMOUS_DEVICE = 'anonymous'
 /** How often one source address may produce an auth-failure log line (ms). */
 const AUTH_LOG_INTERVAL = 10_000
+/** How often each broker-state limit (retained, queue, sessions) may produce a log line (ms). */
+const STATE_LOG_INTERVAL = 60_000
 
 interface Session { device: DeviceRecord }
 
@@ -55,6 +71,8 @@ export function brokerClientId (deviceId: string, clientId: string): string {
 
 export class MqttAdapter implements DeviceAdapter {
   private broker!: Aedes
+  private persistence!: BrokerPersistence
+  private readonly stateLogAt = new Map<string, { at: number, count: number }>()
   private server!: net.Server
   private tlsServer: tls.Server | null = null
   private closed = false
@@ -76,8 +94,26 @@ export class MqttAdapter implements DeviceAdapter {
   get maxPacketSize (): number { return this.o.maxPacketSize }
 
   async start (): Promise<void> {
+    const st = this.o.state
+    this.persistence = new BrokerPersistence({
+      retained: st.retained,
+      maxRetained: st.maxRetained,
+      maxOfflineMessages: st.maxOfflineMessages,
+      now: st.now,
+      onOfflineDropped: (_clientId, count) => {
+        this.o.metrics.mqttOfflineDropped.inc(count)
+        this.stateLog('GG_ERR_MQTT_QUEUE_DROPPED', count, { maxOfflineMessages: st.maxOfflineMessages }, 'persistent session queues passed mqtt.maxOfflineMessages; their oldest messages were dropped')
+      },
+      onRetainedRefused: () => this.retainedRefused(),
+    })
     const opts: AedesOptions = {
       maximumPacketSize: this.o.maxPacketSize,
+      persistence: this.persistence,
+      // Every persistent session (MQTT 5 and, through GridgateBroker, 3.1.1) ends this long after
+      // its client left; MQTT 5 clients may ask for less, never more. Whole seconds, at least 1.
+      sessionExpiryIntervalLimit: Math.max(1, Math.ceil(st.sessionExpiryMs / 1000)),
+      // Disconnected persistent sessions held at once; beyond it a leaving session ends at once.
+      pendingSessionsLimit: st.maxSessions,
       authenticate: (client, username, password, done) => { this.authenticate(client, username, password).then(() => done(null, true), (err: AuthError) => done(err, false)) },
       authorizePublish: (client, packet, done) => this.authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => {
@@ -86,7 +122,18 @@ export class MqttAdapter implements DeviceAdapter {
         done(null, s !== undefined && this.o.registry.canSubscribe(s.device, sub.topic) ? sub : null)
       },
     }
-    this.broker = await Aedes.createBroker(opts)
+    const broker = new GridgateBroker(opts)
+    await broker.listen()
+    this.broker = broker
+    this.o.metrics.setMqttSource(() => ({ retained: this.persistence.retainedCount, queuedMessages: this.persistence.queuedMessages, offlineSessions: broker.offlineSessions }))
+    this.broker.on('sessionExpired', () => this.o.metrics.mqttSessionsEnded.inc({ reason: 'expired' }))
+    // [MQTT-3.1.2-6] a clean session's state ends with its connection (aedes leaves QoS 2 receive state behind).
+    this.broker.on('clientDisconnect', (client) => { if (client.clean) this.persistence.forgetSession(client.id) })
+    this.broker.on('sessionLimitReached', (_client, info) => {
+      if (info.reason !== 'sessionExpiry') return
+      this.o.metrics.mqttSessionsEnded.inc({ reason: 'limit' })
+      this.stateLog('GG_ERR_MQTT_SESSION_LIMIT', 1, { maxSessions: st.maxSessions }, 'mqtt.maxSessions disconnected persistent sessions are held; sessions that disconnected beyond it ended at once')
+    })
     this.broker.on('clientReady', () => this.o.metrics.connections.inc({ protocol: 'mqtt' }))
     this.broker.on('clientDisconnect', (client) => { if (client.connected || this.sessions.has(client)) this.o.metrics.connections.dec({ protocol: 'mqtt' }) })
     this.broker.on('clientError', (client, err) => this.o.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error'))
@@ -183,13 +230,23 @@ export class MqttAdapter implements DeviceAdapter {
       // MQTT 3.1.1: the error closes the connection; MQTT 5: aedes answers 0x87 (not authorized).
       return done(new GridgateError('GG_ERR_FORBIDDEN_TOPIC', `${device.id} may not publish to ${topic}`))
     }
+    const v5 = client.version === 5
+    if (packet.retain && packet.payload.length > 0 && !this.persistence.admitsRetained(topic)) {
+      // mqtt.maxRetained: MQTT 5 can refuse this one publish (0x97, nothing stored, nothing retained);
+      // MQTT 3.1.1 cannot, so the message is stored and delivered as usual but not retained.
+      this.retainedRefused()
+      if (v5) {
+        this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'refused' })
+        return done(Object.assign(new GridgateError('GG_ERR_RETAINED_LIMIT', `${this.o.state.maxRetained} retained messages are held (mqtt.maxRetained)`), { reasonCode: ReasonCode.QUOTA_EXCEEDED }))
+      }
+      packet.retain = false
+    }
     if (isCommandTopic(topic)) {
       // Commands go device to device through the broker; they are not events.
       this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'local' })
-      return done()
+      return this.retainThenAck(packet, done)
     }
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
-    const v5 = client.version === 5
     const props = (packet as { properties?: { contentType?: string, userProperties?: Record<string, string | string[]> } }).properties
     const traceparent = props?.userProperties?.traceparent
     const p = this.o.ingest.ingest({
@@ -211,13 +268,16 @@ export class MqttAdapter implements DeviceAdapter {
     this.inflight.add(p)
     p.then(() => {
       this.inflight.delete(p)
-      done()
+      // A retained message is committed after its event: a refused event changes no retained state.
+      this.retainThenAck(packet, done)
     }, (err: unknown) => {
       this.inflight.delete(p)
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
       if (packet.qos === 0 && isGridgateError(err, 'GG_ERR_STORE_FULL')) {
         // QoS 0 has no ack to withhold: the message is dropped (counted), the connection stays.
         this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'dropped' })
+        // Nothing of it is stored: not retained either.
+        packet.retain = false
         return done()
       }
       // MQTT 3.1.1: the error closes the connection without an ack. MQTT 5: the reason code goes
@@ -226,14 +286,56 @@ export class MqttAdapter implements DeviceAdapter {
     })
   }
 
+  /**
+   * A retained publish is acknowledged only once the retained message (or, for an empty payload, its
+   * deletion) is committed too, so an acked retained message survives a restart. It shares the
+   * store's group commit. Without the retain flag this is just done().
+   */
+  private retainThenAck (packet: PublishPacket, done: (err?: Error | null) => void): void {
+    if (!packet.retain) return done()
+    const p = this.persistence.persistRetained(packet)
+    this.inflight.add(p)
+    p.then((retained) => {
+      this.inflight.delete(p)
+      if (!retained) {
+        // The cap was reached while this message's event committed: delivered, not retained.
+        this.retainedRefused()
+        packet.retain = false
+      }
+      done()
+    }, (err: unknown) => {
+      this.inflight.delete(p)
+      if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected retained-message write failure')
+      done(Object.assign(err as Error, { reasonCode: reasonCodeFor(err) }))
+    })
+  }
+
+  private retainedRefused (): void {
+    this.o.metrics.mqttRetainedRefused.inc()
+    this.stateLog('GG_ERR_RETAINED_LIMIT', 1, { maxRetained: this.o.state.maxRetained }, 'retained messages on new topics were not retained: mqtt.maxRetained is reached')
+  }
+
+  /** One warn line per code per STATE_LOG_INTERVAL, with how many occurrences it stands for. */
+  private stateLog (code: string, count: number, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now()
+    const s = this.stateLogAt.get(code) ?? { at: -Infinity, count: 0 }
+    s.count += count
+    this.stateLogAt.set(code, s)
+    if (now - s.at < STATE_LOG_INTERVAL) return
+    this.o.log.warn({ code, ...fields, count: s.count }, msg)
+    s.at = now
+    s.count = 0
+  }
+
   async stop (): Promise<void> {
     if (this.server === undefined) return
     this.closed = true
     // Stop accepting; the close callback fires only once every open connection is gone.
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
     const tlsClosed = new Promise<void>((resolve) => { if (this.tlsServer === null) resolve(); else this.tlsServer.close(() => resolve()) })
-    // Publishes whose commit is under way finish and are acknowledged before connections close.
-    await Promise.allSettled([...this.inflight])
+    // Publishes whose commit is under way finish and are acknowledged before connections close
+    // (a retained write starts only after its event committed: wait until nothing is left).
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
     await new Promise<void>((resolve) => this.broker.close(() => resolve()))
     // The broker closes the clients it registered; a connection still authenticating is not one.
     for (const socket of this.sockets) socket.destroy()

@@ -63,7 +63,7 @@ test('without a file every key takes its default', () => {
       logLevel: 'info',
       shutdownTimeout: 10_000,
     },
-    mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144 },
+    mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144, maxRetained: 10_000, maxOfflineMessages: 1000, sessionExpiry: 3_600_000, maxSessions: 10_000 },
     coap: { enabled: true, host: '0.0.0.0', port: 5683, maxPayloadSize: 65_536, maxBlockwiseTransfers: 256, maxBlockwisePerEndpoint: 4, blockwiseTimeout: 60_000 },
     websocket: {
       enabled: true, host: '0.0.0.0', port: 8080, mqttPath: '/mqtt', eventsPath: '/ws', maxFrameSize: 262_144,
@@ -103,7 +103,7 @@ test('defaults fill the keys a section leaves out, including list items', (t) =>
 mqtt: { port: 1884 }
 devices: [{ id: sensor-1, token: sensor-1-secret-token }]
 ${CLOUD}`)
-  assert.deepEqual(config.mqtt, { enabled: true, host: '0.0.0.0', port: 1884, maxPacketSize: 262_144 })
+  assert.deepEqual(config.mqtt, { enabled: true, host: '0.0.0.0', port: 1884, maxPacketSize: 262_144, maxRetained: 10_000, maxOfflineMessages: 1000, sessionExpiry: 3_600_000, maxSessions: 10_000 })
   assert.deepEqual(config.devices[0], {
     id: 'sensor-1',
     token: 'sensor-1-secret-token',
@@ -417,6 +417,7 @@ test('env names are derived from the schema, list items from the file', () => {
   for (const name of [
     'GRIDGATE_GATEWAY_ID', 'GRIDGATE_GATEWAY_DATA_DIR', 'GRIDGATE_GATEWAY_LOG_LEVEL', 'GRIDGATE_GATEWAY_SHUTDOWN_TIMEOUT',
     'GRIDGATE_MQTT_ENABLED', 'GRIDGATE_MQTT_HOST', 'GRIDGATE_MQTT_PORT', 'GRIDGATE_MQTT_MAX_PACKET_SIZE',
+    'GRIDGATE_MQTT_MAX_RETAINED', 'GRIDGATE_MQTT_MAX_OFFLINE_MESSAGES', 'GRIDGATE_MQTT_SESSION_EXPIRY', 'GRIDGATE_MQTT_MAX_SESSIONS',
     'GRIDGATE_ADMIN_HOST', 'GRIDGATE_ADMIN_PORT', 'GRIDGATE_AUTH_ALLOW_ANONYMOUS',
     'GRIDGATE_COAP_ENABLED', 'GRIDGATE_COAP_HOST', 'GRIDGATE_COAP_PORT', 'GRIDGATE_COAP_MAX_PAYLOAD_SIZE',
     'GRIDGATE_COAP_MAX_BLOCKWISE_TRANSFERS', 'GRIDGATE_COAP_MAX_BLOCKWISE_PER_ENDPOINT', 'GRIDGATE_COAP_BLOCKWISE_TIMEOUT',
@@ -442,7 +443,7 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_TLS_CERT', 'GRIDGATE_UPLINKS_CLOUD_TLS_KEY', 'GRIDGATE_UPLINKS_CLOUD_BREAKER_FAILURES',
     'GRIDGATE_UPLINKS_CLOUD_BREAKER_HALF_OPEN_AFTER',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 76, names.join(' '))
+  assert.equal(names.length, 80, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
