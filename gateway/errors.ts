@@ -31,6 +31,10 @@ export const ErrorCodes = {
   GG_ERR_FAULTS_FORBIDDEN: 'Test fault hooks were requested outside a test run (NODE_ENV is not "test").',
   GG_ERR_USAGE: 'The command line or an admin API request was not understood.',
   GG_ERR_NOT_FOUND: 'No such admin API route.',
+  GG_ERR_DEVICE_INVALID: 'A device id or topic pattern given to gridgate device (or the devices admin API) is not valid.',
+  GG_ERR_DEVICE_EXISTS: 'The device id is already in the registry or in the config.',
+  GG_ERR_DEVICE_NOT_FOUND: 'No device with this id in the registry.',
+  GG_ERR_DEVICE_IN_CONFIG: 'The device comes from the config file; change it there, not with gridgate device.',
   GG_ERR_INTERNAL: 'An unexpected error; the log has the details.',
 } as const
 

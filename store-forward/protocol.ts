@@ -158,9 +158,29 @@ export type Request =
   | { op: 'dlqReplay', uplink: string | null, ids: number[] | null, ingestMs: number }
   | { op: 'dlqPurge', uplink: string | null, ids: number[] | null }
   | { op: 'close', clean: boolean, floorMs: number }
+  | DeviceRequest
 
 /** Kept incrementally by the writer (counted once at start), so asking is O(1). */
 export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number, usedBytes: number, maxBytes: number | null, full: boolean }
 
 export type Envelope = { id: number, req: Request }
 export type Reply = { id: number, ok: true, result: unknown } | { id: number, ok: false, error: { message: string, code?: string } }
+
+// ---- device registry (table `devices`, gateway/devices.ts) ------------------------------------------
+
+/** A registry device as stored: the secret only as its scrypt PHC hash. */
+export interface DeviceRow {
+  id: string
+  tokenHash: string
+  publish: string[]
+  subscribe: string[]
+  enabled: boolean
+  createdMs: number
+  updatedMs: number
+}
+
+export type DeviceRequest =
+  | { op: 'deviceList' }
+  | { op: 'deviceAdd', device: DeviceRow }
+  | { op: 'deviceSetEnabled', id: string, enabled: boolean, nowMs: number }
+  | { op: 'deviceRemove', id: string }
