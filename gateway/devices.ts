@@ -272,7 +272,11 @@ export class DeviceManager extends EventEmitter<DeviceManagerEvents> {
     }
     const record = recordOf(row)
     // Same checks as a running registry applies, before anything is stored.
-    new DeviceRegistry([record])
+    try {
+      new DeviceRegistry([record], { cacheSize: 1 })
+    } catch (err) {
+      throw new GridgateError('GG_ERR_DEVICE_INVALID', (err as Error).message, { details: (err as GridgateError).details })
+    }
     await this.o.store.addDevice(row)
     this.#rows.set(row.id, row)
     this.registry.set(record)

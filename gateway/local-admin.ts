@@ -2,6 +2,7 @@
 // that two processes never write the store at once: through the running gateway's admin API, served on
 // the data dir's lock socket, or — when no gateway runs — on the store opened directly, holding the
 // data dir's lock for the duration.
+import fs from 'node:fs'
 import http from 'node:http'
 import { pino } from 'pino'
 import type { Config } from '../config/schema.js'
@@ -22,6 +23,12 @@ export type AdminCall = (method: string, path: string, body?: unknown) => Promis
  */
 export async function viaGatewayOrStore<T> (config: Config, onGateway: (call: AdminCall) => Promise<T>, onStore: (store: Store) => Promise<T>): Promise<{ via: Via, result: T }> {
   let lock
+  try {
+    // A gateway that never ran has no data dir yet: `gridgate device add` before the first start is fine.
+    fs.mkdirSync(config.gateway.dataDir, { recursive: true })
+  } catch (err) {
+    throw new GridgateError('GG_ERR_DATA_DIR', `data dir ${config.gateway.dataDir} cannot be created: ${(err as Error).message}`, { cause: err })
+  }
   try {
     lock = await lockDataDir(config.gateway.dataDir)
   } catch (err) {
