@@ -333,11 +333,6 @@ export class DeviceRegistry {
     for (const key of [...this.#inflight.keys()]) if (key.startsWith(prefix)) this.#inflight.delete(key)
   }
 
-  /** Every device, in insertion order. */
-  all (): IterableIterator<DeviceRecord> {
-    return this.#devices.values()
-  }
-
   get (id: string): DeviceRecord | undefined {
     return this.#devices.get(id)
   }

@@ -10,6 +10,7 @@ import { once, type EventEmitter } from 'node:events'
 import { Writable } from 'node:stream'
 import { pino } from 'pino'
 import { WebSocket } from 'ws'
+import mqtt from 'mqtt'
 import { Store, STORE_FILE, type DeviceRow } from '../../store-forward/store.js'
 import { DeviceManager, Presence, ONLINE_WINDOW_MS, parseDeviceInput } from '../../gateway/devices.js'
 import { DeviceRegistry, hashToken } from '../../gateway/identity.js'
@@ -204,6 +205,9 @@ test('a running gateway applies registry changes at once on every protocol, and 
   // MQTT, WebSocket JSON, HTTP ingest and CoAP all accept the new device without a restart.
   const c = await connect(t, gw.mqttAddress!.port, { username: 'fresh-1', password: secret, clientId: 'fresh-1-client' })
   await c.publishAsync('devices/fresh-1/t', '{"n":1}', { qos: 1 })
+  // MQTT over WebSocket: the same broker, so the same session rules.
+  const overWs = await mqtt.connectAsync(`ws://127.0.0.1:${webPort}/mqtt`, { username: 'fresh-1', password: secret, reconnectPeriod: 0 })
+  t.after(() => overWs.end(true))
   const ws = new WebSocket(`ws://127.0.0.1:${webPort}/ws`, { headers: { authorization: `Bearer ${credential}` } })
   t.after(() => ws.terminate())
   await once(ws, 'open')
@@ -221,17 +225,19 @@ test('a running gateway applies registry changes at once on every protocol, and 
   const fresh = listed.devices.find(d => d.id === 'fresh-1')!
   assert.equal(fresh.source, 'registry')
   assert.equal(fresh.online, true)
-  assert.deepEqual(Object.fromEntries(Object.entries(fresh.protocols).map(([k, v]) => [k, [v.online, v.connections]])), { mqtt: [true, 1], ws: [true, 1], http: [true, undefined], coap: [true, undefined] })
+  assert.deepEqual(Object.fromEntries(Object.entries(fresh.protocols).map(([k, v]) => [k, [v.online, v.connections]])), { mqtt: [true, 2], ws: [true, 1], http: [true, undefined], coap: [true, undefined] })
   assert.ok(Object.values(fresh.protocols).every(v => v.lastSeen !== null))
   assert.equal(listed.devices.find(d => d.id === 'sensor-2')!.lastSeen, null, 'a device never seen')
   assert.ok(!JSON.stringify(listed).includes(secret) && !JSON.stringify(listed).includes('$scrypt$'))
 
   // Disable: the live MQTT session and the WebSocket connection close; every protocol refuses.
   const mqttClosed = once(c as unknown as EventEmitter, 'close')
+  const overWsClosed = once(overWs as unknown as EventEmitter, 'close')
   const wsClosed = once(ws, 'close')
   const off = await api('PATCH', '/api/v1/devices/fresh-1', { enabled: false })
   assert.equal(off.status, 200)
   await mqttClosed
+  await overWsClosed
   const [wsCode] = await wsClosed as [number]
   assert.equal(wsCode, 1008)
   const refusedConnect = await connectRefused(gw.mqttAddress!.port, { username: 'fresh-1', password: secret })
