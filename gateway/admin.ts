@@ -6,6 +6,7 @@ import type { Metrics } from './metrics.js'
 import { GridgateError } from './errors.js'
 import type { FaultSlot } from '../store-forward/protocol.js'
 import { listDeadLetters } from '../store-forward/dead-letters.js'
+import type { DeviceManager } from './devices.js'
 
 export interface AdminDeps {
   store: Store
@@ -15,6 +16,27 @@ export interface AdminDeps {
   accepting: () => boolean
   clockSynced: () => boolean
   faults: boolean
+  /** The device registry (GET/POST/PATCH/DELETE /api/v1/devices); absent = no such routes. */
+  devices?: DeviceManager
+}
+
+/** HTTP status of a device registry error. */
+const DEVICE_STATUS: Record<string, number> = {
+  GG_ERR_DEVICE_INVALID: 400,
+  GG_ERR_USAGE: 400,
+  GG_ERR_DEVICE_NOT_FOUND: 404,
+  GG_ERR_DEVICE_EXISTS: 409,
+  GG_ERR_DEVICE_IN_CONFIG: 409,
+  GG_ERR_STORE_UNAVAILABLE: 503,
+}
+
+async function deviceCall<T> (fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (err) {
+    const status = DEVICE_STATUS[(err as { code?: string }).code ?? '']
+    throw status === undefined ? err : Object.assign(err as Error, { statusCode: status })
+  }
 }
 
 export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forwarder>, now = Date.now()) {
@@ -39,9 +61,9 @@ export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forw
 
 export function createAdmin (deps: AdminDeps): FastifyInstance {
   const app = Fastify({ logger: false })
-  app.setErrorHandler((err: Error & { statusCode?: number, code?: string }, _req, reply) => {
+  app.setErrorHandler((err: Error & { statusCode?: number, code?: string, details?: readonly string[] }, _req, reply) => {
     const status = err.statusCode ?? 500
-    void reply.code(status).send({ code: err.code ?? 'GG_ERR_INTERNAL', message: err.message })
+    void reply.code(status).send({ code: err.code ?? 'GG_ERR_INTERNAL', message: err.message, ...(err.details !== undefined && err.details.length > 0 ? { details: err.details } : {}) })
   })
   app.setNotFoundHandler((req, reply) => {
     void reply.code(404).send({ code: 'GG_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url}` })
@@ -96,6 +118,29 @@ export function createAdmin (deps: AdminDeps): FastifyInstance {
     const s = selector(req.body?.uplink, req.body?.ids)
     return deps.store.purgeDeadLetters(s.uplink, s.ids)
   })
+
+  // The device registry (gateway/devices.ts): `gridgate device` goes through these on the lock socket.
+  const devices = deps.devices
+  if (devices !== undefined) {
+    app.get('/api/v1/devices', async () => ({ devices: devices.list() }))
+    app.get<{ Params: { id: string } }>('/api/v1/devices/:id', async (req) => {
+      const d = devices.get(req.params.id)
+      if (d === undefined) throw Object.assign(new GridgateError('GG_ERR_DEVICE_NOT_FOUND', `no device ${req.params.id}`), { statusCode: 404 })
+      return { device: d }
+    })
+    app.post('/api/v1/devices', async (req, reply) => {
+      const r = await deviceCall(() => devices.add(req.body ?? {}))
+      return reply.code(201).send(r)
+    })
+    app.patch<{ Params: { id: string }, Body: { enabled?: unknown } | null }>('/api/v1/devices/:id', async (req) => {
+      const enabled = req.body?.enabled
+      if (typeof enabled !== 'boolean' || Object.keys(req.body ?? {}).length !== 1) {
+        throw Object.assign(new GridgateError('GG_ERR_USAGE', 'PATCH takes {"enabled": true|false}'), { statusCode: 400 })
+      }
+      return { device: await deviceCall(() => devices.setEnabled(req.params.id, enabled)) }
+    })
+    app.delete<{ Params: { id: string } }>('/api/v1/devices/:id', async (req) => deviceCall(() => devices.remove(req.params.id)))
+  }
 
   if (deps.faults) {
     // Test-only fault switches; this route exists only when GRIDGATE_TEST_FAULTS=1 under NODE_ENV=test.

@@ -9,6 +9,7 @@ import { GridgateError, isGridgateError } from './errors.js'
 import { generateToken, hashToken } from './identity.js'
 import { Gateway } from './gateway.js'
 import { runDlq } from './dlq.js'
+import { DEVICE_ACTIONS, runDevice, type DeviceAction } from './device-cli.js'
 
 const HELP = `gridgate — edge gateway: MQTT devices in, durable SQLite store, CloudEvents out
 
@@ -21,6 +22,18 @@ Usage:
                                            dead letters: list them (JSON), replay them (original event id,
                                            new sequence, own uplink only) or purge them; through the running
                                            gateway (its data dir's socket) or directly when it is stopped
+  gridgate device add ID [--publish P ...] [--subscribe S ...] --config FILE
+                                           add a device to the registry in the store; prints its
+                                           credential ID:SECRET once (only the scrypt hash is stored).
+                                           Default patterns: publish devices/ID/# except
+                                           devices/ID/commands/#, subscribe devices/ID/commands/#
+  gridgate device list --config FILE       every device (config and registry) as JSON: source, enabled,
+                                           patterns, last seen and online per protocol; never secrets
+  gridgate device disable|enable|remove ID --config FILE
+                                           a registry device; disable and remove close its live sessions.
+                                           Through the running gateway (its data dir's socket; effective
+                                           at once, no restart) or directly on the store when it is stopped.
+                                           Devices of the config file are changed in the config file.
   gridgate --help | --version
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error, 130 second signal during shutdown.
@@ -46,7 +59,7 @@ function fail (err: unknown, exitCode = 1): never {
 }
 
 function exitCodeFor (err: unknown): number {
-  return isGridgateError(err) && ['GG_ERR_CONFIG_INVALID', 'GG_ERR_CONFIG_NOT_FOUND', 'GG_ERR_ENV_UNKNOWN', 'GG_ERR_USAGE'].includes(err.code) ? 2 : 1
+  return isGridgateError(err) && ['GG_ERR_CONFIG_INVALID', 'GG_ERR_CONFIG_NOT_FOUND', 'GG_ERR_ENV_UNKNOWN', 'GG_ERR_USAGE', 'GG_ERR_DEVICE_INVALID'].includes(err.code) ? 2 : 1
 }
 
 async function readStdin (): Promise<string> {
@@ -69,6 +82,8 @@ async function main (argv: string[]): Promise<void> {
         id: { type: 'string', multiple: true },
         limit: { type: 'string' },
         after: { type: 'string' },
+        publish: { type: 'string', multiple: true },
+        subscribe: { type: 'string', multiple: true },
       },
     })
   } catch (err) {
@@ -119,6 +134,26 @@ async function main (argv: string[]): Promise<void> {
       })
       if (action === 'list') process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
       else process.stdout.write(`${JSON.stringify({ ...result, via })}\n`)
+      return
+    }
+    case 'device': {
+      const action = rest[0] as DeviceAction | undefined
+      if (action === undefined || !DEVICE_ACTIONS.includes(action)) fail(new GridgateError('GG_ERR_USAGE', `device needs ${DEVICE_ACTIONS.join(', ')}, got ${action ?? 'nothing'}`), 2)
+      const id = rest[1]
+      if (action !== 'list' && id === undefined) fail(new GridgateError('GG_ERR_USAGE', `device ${action} needs a device id`), 2)
+      if (rest.length > (action === 'list' ? 1 : 2)) fail(new GridgateError('GG_ERR_USAGE', `unexpected argument ${rest[action === 'list' ? 1 : 2]}`), 2)
+      if (action !== 'add' && (values.publish !== undefined || values.subscribe !== undefined)) fail(new GridgateError('GG_ERR_USAGE', '--publish and --subscribe go with device add'), 2)
+      const config = loadConfig({ ...(values.config === undefined ? {} : { path: values.config }), env: process.env })
+      const { via, result, credential } = await runDevice(config, { action, id, publish: values.publish, subscribe: values.subscribe })
+      if (credential !== undefined) {
+        // The one time the secret is shown: stdout carries only the credential, for scripts.
+        process.stdout.write(`${credential}\n`)
+        process.stderr.write(`device ${id} added (${via === 'gateway' ? 'the running gateway accepts it now' : 'the gateway accepts it when it starts'}); the credential above is not shown again\n`)
+      } else if (action === 'list') {
+        process.stdout.write(`${JSON.stringify(result, null, 2)}\n`)
+      } else {
+        process.stdout.write(`${JSON.stringify({ ...result, via })}\n`)
+      }
       return
     }
     default:

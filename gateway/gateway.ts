@@ -12,7 +12,7 @@ import { lockDataDir, type DataDirLock } from './lock.js'
 import { Metrics } from './metrics.js'
 import { Clock, IdGenerator } from './clock.js'
 import { defaultDecoders } from './decoders/index.js'
-import { DeviceRegistry } from './identity.js'
+import { DeviceManager } from './devices.js'
 import { Ingest } from './ingest.js'
 import { Rules } from './rules.js'
 import { createAdmin, uplinkReport } from './admin.js'
@@ -116,6 +116,8 @@ export class Gateway {
   private ws: WebSocketAdapter | null = null
   private accepting = false
   private stopping: Promise<void> | null = null
+  /** Config and registry devices (gateway/devices.ts); set once the store is open. */
+  devices: DeviceManager | null = null
 
   constructor (readonly config: Config, private readonly opts: GatewayOptions = {}) {
     this.log = opts.log ?? pino({ level: config.gateway.logLevel, base: { gatewayId: config.gateway.id } })
@@ -227,7 +229,17 @@ export class Gateway {
     this.store.on('full', () => this.log.warn({ code: 'GG_ERR_STORE_FULL', whenFull: c.store.whenFull, maxBytes: c.store.maxBytes }, 'the store is full'))
     this.store.on('space', () => this.log.info('the store admits new events again'))
 
-    this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, clockSynced: () => this.clock.synced(), faults: this.opts.faults === true })
+    // One registry for every protocol: config devices and the registry table (config wins on an id in both).
+    const devices = new DeviceManager({ configDevices: c.devices, store: this.store, log: this.log })
+    await devices.load()
+    this.devices = devices
+    // A device disabled or removed at run time loses its live sessions at once.
+    devices.on('revoked', (id) => {
+      this.mqtt?.disconnectDevice(id)
+      this.ws?.disconnectDevice(id)
+    })
+
+    this.admin = createAdmin({ store: this.store, forwarders: this.forwarders, metrics: this.metrics, accepting: () => this.accepting, clockSynced: () => this.clock.synced(), faults: this.opts.faults === true, devices })
     try {
       await this.admin.listen({ host: c.admin.host, port: c.admin.port })
     } catch (err) {
@@ -238,7 +250,8 @@ export class Gateway {
     const adminServer = this.admin.server
     this.lock?.serve((socket) => adminServer.emit('connection', socket))
 
-    const registry = new DeviceRegistry(c.devices)
+    const registry = devices.registry
+    const presence = devices.presence
     const decoders = defaultDecoders()
     const ingest = new Ingest({
       gatewayId: c.gateway.id,
@@ -272,6 +285,7 @@ export class Gateway {
           maxSessions: c.mqtt.maxSessions,
           now: () => this.clock.now(),
         },
+        presence,
         registry,
         ingest,
         metrics: this.metrics,
@@ -289,6 +303,7 @@ export class Gateway {
         blockwiseTimeoutMs: c.coap.blockwiseTimeout,
         dedupWindowMs: c.store.dedupWindow,
         allowAnonymous: c.auth.allowAnonymous,
+        presence,
         registry,
         ingest,
         decoders,
@@ -298,7 +313,7 @@ export class Gateway {
       await this.coap.start()
     }
     if (c.websocket.enabled || c.http.enabled) {
-      const auth = new DeviceAuth({ registry, allowAnonymous: c.auth.allowAnonymous, metrics: this.metrics, log: this.log })
+      const auth = new DeviceAuth({ registry, allowAnonymous: c.auth.allowAnonymous, metrics: this.metrics, log: this.log, presence })
       const ws = c.websocket
       if (ws.enabled) {
         this.ws = new WebSocketAdapter({

@@ -84,6 +84,11 @@ function parsePhc (phc: string): Phc | undefined {
   return { ln, r, p, salt, hash }
 }
 
+/** Whether a string is a PHC scrypt hash this registry can verify (parameters within bounds). */
+export function isValidTokenHash (phc: string): boolean {
+  return parsePhc(phc) !== undefined
+}
+
 /** Whether `token` matches a PHC scrypt hash. Malformed or unsupported hashes give false, never throw. */
 export async function verifyTokenHash (token: string, phc: string): Promise<boolean> {
   const parsed = parsePhc(phc)
@@ -301,6 +306,33 @@ export class DeviceRegistry {
     this.#inflight.clear()
   }
 
+  /**
+   * Adds or replaces one device (the registry changed at run time: gridgate device add|enable|disable).
+   * Only this device's cached verifications and verifications in flight are discarded.
+   * Throws GG_ERR_CONFIG_INVALID like the constructor.
+   */
+  set (device: DeviceRecord): void {
+    const problems: string[] = []
+    if (!DEVICE_ID.test(device.id)) problems.push(`device id ${JSON.stringify(device.id)}: expected 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit`)
+    for (const p of this.#acl(device).invalid) problems.push(`device ${device.id}: ${JSON.stringify(p)} is not a valid MQTT topic filter`)
+    if (problems.length > 0) throw new GridgateError('GG_ERR_CONFIG_INVALID', `invalid device: ${problems.join('; ')}`, { details: problems })
+    this.#devices.set(device.id, device)
+    this.#forget(device.id)
+  }
+
+  /** Removes one device; its cached verifications are discarded. Whether it was there. */
+  delete (id: string): boolean {
+    const had = this.#devices.delete(id)
+    this.#forget(id)
+    return had
+  }
+
+  #forget (id: string): void {
+    const prefix = `${id}\n`
+    for (const key of [...this.#cache.keys()]) if (key.startsWith(prefix)) this.#cache.delete(key)
+    for (const key of [...this.#inflight.keys()]) if (key.startsWith(prefix)) this.#inflight.delete(key)
+  }
+
   get (id: string): DeviceRecord | undefined {
     return this.#devices.get(id)
   }
@@ -342,7 +374,7 @@ export class DeviceRegistry {
     }
     const ok = await pending
     // The registry changed while scrypt ran: the answer may be about a credential that is gone.
-    if (generation !== this.#generation) return this.authenticate(id, secret)
+    if (generation !== this.#generation || this.#devices.get(id) !== device) return this.authenticate(id, secret)
     if (!ok) return undefined
     this.#cache.set(key, true)
     return device

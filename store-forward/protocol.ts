@@ -168,6 +168,7 @@ export type Request =
   | { op: 'close', clean: boolean, floorMs: number }
   // Every retained message, newest first, at most `max`; rows beyond it (mqtt.maxRetained was lowered) are deleted.
   | { op: 'retainedLoad', max: number }
+  | DeviceRequest
 
 /** Kept incrementally by the writer (counted once at start), so asking is O(1). */
 export interface StatsResult { events: number, deadLetters: number, pageCount: number, pageSize: number, freelist: number, walBytes: number, usedBytes: number, maxBytes: number | null, full: boolean }
@@ -176,3 +177,22 @@ export interface RetainedLoadResult { rows: RetainedRow[], deleted: number }
 
 export type Envelope = { id: number, req: Request }
 export type Reply = { id: number, ok: true, result: unknown } | { id: number, ok: false, error: { message: string, code?: string } }
+
+// ---- device registry (table `devices`, gateway/devices.ts) ------------------------------------------
+
+/** A registry device as stored: the secret only as its scrypt PHC hash. */
+export interface DeviceRow {
+  id: string
+  tokenHash: string
+  publish: string[]
+  subscribe: string[]
+  enabled: boolean
+  createdMs: number
+  updatedMs: number
+}
+
+export type DeviceRequest =
+  | { op: 'deviceList' }
+  | { op: 'deviceAdd', device: DeviceRow }
+  | { op: 'deviceSetEnabled', id: string, enabled: boolean, nowMs: number }
+  | { op: 'deviceRemove', id: string }

@@ -15,6 +15,7 @@ import {
 } from './protocol.js'
 import { routingFields } from './event-fields.js'
 import { compileFilter } from './route.js'
+import { addDeviceRow, listDeviceRows, removeDeviceRow, setDeviceEnabled } from './devices-table.js'
 
 // nativeBinding: set by a single-executable build (see WorkerRuntime in worker-client.ts).
 const init = workerData as WorkerInit & { nativeBinding?: string }
@@ -1009,6 +1010,19 @@ function handle (req: Request): unknown {
     case 'retainedLoad':
       if (writer === null) throw new Error('retainedLoad on a reader')
       return writer.retainedLoad(req.max)
+    // The device registry (store-forward/devices-table.ts).
+    case 'deviceList':
+      if (writer === null) throw new Error('deviceList on a reader')
+      return listDeviceRows(writer.db)
+    case 'deviceAdd':
+      if (writer === null) throw new Error('deviceAdd on a reader')
+      return addDeviceRow(writer.db, req.device)
+    case 'deviceSetEnabled':
+      if (writer === null) throw new Error('deviceSetEnabled on a reader')
+      return setDeviceEnabled(writer.db, req.id, req.enabled, req.nowMs)
+    case 'deviceRemove':
+      if (writer === null) throw new Error('deviceRemove on a reader')
+      return removeDeviceRow(writer.db, req.id)
     case 'close':
       writer?.close(req.clean, req.floorMs)
       reader?.close()

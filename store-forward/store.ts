@@ -12,10 +12,12 @@ import {
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
   type RetainedRow, type RetainedLoadResult,
 } from './protocol.js'
+import type { DeviceRow } from './protocol.js'
 import { Router } from './route.js'
 
 export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
 export type { RetainedRow, RetainedLoadResult }
+export type { DeviceRow }
 
 export interface StoreOptions {
   dataDir: string
@@ -438,6 +440,39 @@ export class Store extends EventEmitter<StoreEvents> {
     const r = await this.writer.request<{ purged: number, state: WriterState }>({ op: 'dlqPurge', uplink, ids })
     this.applyState(r.state)
     return { purged: r.purged }
+  }
+
+  // ---- device registry (table `devices`; gateway/devices.ts) ----------------------------------------
+
+  /** Every registry device, by id. Worker errors keep their GG_ERR_DEVICE_* code. */
+  listDevices (): Promise<DeviceRow[]> {
+    return this.deviceRequest(this.writer.request<DeviceRow[]>({ op: 'deviceList' }))
+  }
+
+  /** Adds a device (refused with GG_ERR_DEVICE_EXISTS when the id is taken); durable when it resolves. */
+  addDevice (device: DeviceRow): Promise<DeviceRow> {
+    return this.deviceRequest(this.writer.request<DeviceRow>({ op: 'deviceAdd', device }))
+  }
+
+  /** Enables or disables a device (GG_ERR_DEVICE_NOT_FOUND for an unknown id). */
+  setDeviceEnabled (id: string, enabled: boolean): Promise<DeviceRow> {
+    return this.deviceRequest(this.writer.request<DeviceRow>({ op: 'deviceSetEnabled', id, enabled, nowMs: this.opts.now() }))
+  }
+
+  /** Removes a device (GG_ERR_DEVICE_NOT_FOUND for an unknown id). */
+  removeDevice (id: string): Promise<void> {
+    return this.deviceRequest(this.writer.request<void>({ op: 'deviceRemove', id }))
+  }
+
+  private async deviceRequest<T> (p: Promise<T>): Promise<T> {
+    try {
+      return await p
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code === 'GG_ERR_DEVICE_EXISTS' || code === 'GG_ERR_DEVICE_NOT_FOUND') throw new GridgateError(code, (err as Error).message)
+      if (code === 'GG_ERR_STORE_UNAVAILABLE') throw new GridgateError(code, (err as Error).message)
+      throw err
+    }
   }
 
   /** Test-only: ends the reader thread, as a crash in it would. */

@@ -21,6 +21,7 @@ import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../ga
 import { dedupKey, type Ingest } from '../../gateway/ingest.js'
 import { parseMediaType, type DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
+import type { Presence } from '../../gateway/devices.js'
 import { ANONYMOUS_DEVICE, type DeviceAdapter } from '../mqtt/index.js'
 import { Block1Reassembly, encodeBlock, parseBlock, type BlockOption } from './blockwise.js'
 import { CONTENT_FORMATS, LINK_FORMAT, mediaTypeOf } from './content-format.js'
@@ -43,6 +44,8 @@ export interface CoapAdapterOptions {
   log: Logger
   /** How long a CON request waits for its commit before the empty ACK goes out (ms). */
   piggybackMs?: number
+  /** Last seen per device (GET /api/v1/devices), updated on every successful authentication. */
+  presence?: Pick<Presence, 'seen'> | undefined
 }
 
 /** How often one source address may produce an auth-failure log line (ms). */
@@ -340,6 +343,7 @@ export class CoapAdapter implements DeviceAdapter {
     const colon = auth.indexOf(':')
     const id = colon === -1 ? auth : auth.slice(0, colon)
     const device = colon === -1 ? undefined : await this.o.registry.authenticate(id, auth.slice(colon + 1))
+    if (device !== undefined) this.o.presence?.seen(device.id, 'coap')
     return device ?? this.authFailed(req.address, id, 'GG_ERR_AUTH_FAILED')
   }
 

@@ -7,6 +7,7 @@ import { GridgateError } from '../../gateway/errors.js'
 import type { DeviceRecord, DeviceRegistry } from '../../gateway/identity.js'
 import type { Metrics, Protocol } from '../../gateway/metrics.js'
 import { parseMediaType, type DecoderRegistry } from '../../gateway/decoders/index.js'
+import type { Presence } from '../../gateway/devices.js'
 
 /** How often one source address may produce an auth-failure log line (ms). */
 const AUTH_LOG_INTERVAL = 10_000
@@ -38,6 +39,8 @@ export interface DeviceAuthOptions {
   allowAnonymous: boolean
   metrics: Metrics
   log: Logger
+  /** Last seen per device and protocol (GET /api/v1/devices), updated on every successful authentication. */
+  presence?: Pick<Presence, 'seen' | 'connected' | 'disconnected'> | undefined
 }
 
 /** Authenticates HTTP and WebSocket devices the way the MQTT adapter does. */
@@ -54,6 +57,11 @@ export class DeviceAuth {
 
   get registry (): DeviceRegistry { return this.o.registry }
 
+  get presence (): Pick<Presence, 'seen' | 'connected' | 'disconnected'> | undefined { return this.o.presence }
+
+  /** Whether a device is the anonymous one (auth.allowAnonymous), which is in no registry. */
+  isAnonymous (device: DeviceRecord): boolean { return device === this.anonymous }
+
   /**
    * The device for a credential (undefined: none was given, null: malformed). Throws GG_ERR_AUTH_REQUIRED
    * or GG_ERR_AUTH_FAILED (both answered 401).
@@ -66,6 +74,7 @@ export class DeviceAuth {
     if (cred === null) throw this.failed(protocol, source, undefined, new GridgateError('GG_ERR_AUTH_FAILED', 'the credential is not <deviceId>:<secret>'))
     const device = await this.o.registry.authenticate(cred.deviceId, cred.secret)
     if (device === undefined) throw this.failed(protocol, source, cred.deviceId, new GridgateError('GG_ERR_AUTH_FAILED'))
+    this.o.presence?.seen(device.id, protocol)
     return device
   }
 

@@ -16,6 +16,7 @@ import { dedupKey, type Ingest } from '../../gateway/ingest.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { BrokerPersistence, type RetainedBackend } from './persistence.js'
 import { GridgateBroker } from './broker.js'
+import type { Presence } from '../../gateway/devices.js'
 
 export interface MqttAdapterOptions {
   host: string
@@ -30,6 +31,8 @@ export interface MqttAdapterOptions {
   log: Logger
   /** store.rejectWait: how long an MQTT 3.1.1 ack may be withheld while the store is full. */
   rejectWaitMs?: number
+  /** Last seen and open connections per device (GET /api/v1/devices). */
+  presence?: Pick<Presence, 'seen' | 'connected' | 'disconnected'> | undefined
   /** Broker state that is not events: retained messages (kept in the store), queues and sessions. */
   state: MqttStateOptions
 }
@@ -56,7 +59,14 @@ const AUTH_LOG_INTERVAL = 10_000
 /** How often each broker-state limit (retained, queue, sessions) may produce a log line (ms). */
 const STATE_LOG_INTERVAL = 60_000
 
-interface Session { device: DeviceRecord }
+interface Session {
+  device: DeviceRecord
+  /** Counted as an open connection of its device in presence (from clientReady to clientDisconnect). */
+  online?: boolean
+}
+
+/** MQTT 5 DISCONNECT reason for a device disabled or removed from the registry: Administrative action. */
+const ADMINISTRATIVE_ACTION = 0x98
 
 type AuthError = Error & { returnCode: number }
 
@@ -136,6 +146,25 @@ export class MqttAdapter implements DeviceAdapter {
     })
     this.broker.on('clientReady', () => this.o.metrics.connections.inc({ protocol: 'mqtt' }))
     this.broker.on('clientDisconnect', (client) => { if (client.connected || this.sessions.has(client)) this.o.metrics.connections.dec({ protocol: 'mqtt' }) })
+    // Device registry: a device disabled or removed while its CONNECT was being authenticated is
+    // closed as soon as the broker registered it (disconnectDevice may have run before).
+    this.broker.on('clientReady', (client) => {
+      const s = this.sessions.get(client)
+      if (s === undefined || s.device === this.anonymous) return
+      const current = this.o.registry.get(s.device.id)
+      if (current === undefined || !current.enabled) {
+        client.disconnect({ reasonCode: ADMINISTRATIVE_ACTION })
+        return
+      }
+      s.online = true
+      this.o.presence?.connected(s.device.id, 'mqtt')
+    })
+    this.broker.on('clientDisconnect', (client) => {
+      const s = this.sessions.get(client)
+      if (s?.online !== true) return
+      s.online = false
+      this.o.presence?.disconnected(s.device.id, 'mqtt')
+    })
     this.broker.on('clientError', (client, err) => this.o.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error'))
     this.broker.on('connectionError', (client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
     this.server = net.createServer({ noDelay: true }, (socket) => this.handleStream(socket))
@@ -200,6 +229,23 @@ export class MqttAdapter implements DeviceAdapter {
     c.id = brokerClientId(device.id, c.id)
     if (c._assignedClientId !== undefined) c._assignedClientId = c.id
     this.sessions.set(client, { device })
+    if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
+  }
+
+  /**
+   * Closes every live session of a device (disabled or removed from the registry): MQTT 5 clients get
+   * DISCONNECT 0x98 (administrative action) first. Their next CONNECT is refused. Returns the count.
+   */
+  disconnectDevice (deviceId: string): number {
+    const clients = (this.broker as unknown as { clients: Record<string, Client> } | undefined)?.clients ?? {}
+    let n = 0
+    for (const client of Object.values(clients)) {
+      if (this.sessions.get(client)?.device.id !== deviceId || client.closed) continue
+      client.disconnect({ reasonCode: ADMINISTRATIVE_ACTION })
+      n++
+    }
+    if (n > 0) this.o.log.info({ deviceId, sessions: n }, 'closed the live mqtt sessions of a device disabled or removed')
+    return n
   }
 
   private authFailed (source: string, deviceId: string | undefined, err: AuthError): AuthError {
@@ -245,6 +291,8 @@ export class MqttAdapter implements DeviceAdapter {
       // Commands go device to device through the broker; they are not events.
       this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'local' })
       return this.retainThenAck(packet, done)
+      if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
+      return done()
     }
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
     const props = (packet as { properties?: { contentType?: string, userProperties?: Record<string, string | string[]> } }).properties
@@ -270,6 +318,8 @@ export class MqttAdapter implements DeviceAdapter {
       this.inflight.delete(p)
       // A retained message is committed after its event: a refused event changes no retained state.
       this.retainThenAck(packet, done)
+      if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
+      done()
     }, (err: unknown) => {
       this.inflight.delete(p)
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')

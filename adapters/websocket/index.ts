@@ -127,10 +127,35 @@ export class WebSocketAdapter {
     })
   }
 
+  /**
+   * Closes every connection of a device disabled or removed from the registry (1008 policy violation);
+   * its next upgrade is refused with 401. Returns the count.
+   */
+  disconnectDevice (deviceId: string): number {
+    let n = 0
+    for (const conn of this.conns) {
+      if (conn.device.id !== deviceId || this.o.auth.isAnonymous(conn.device)) continue
+      this.close(conn, 1008, 'device disabled or removed')
+      n++
+    }
+    if (n > 0) this.o.log.info({ deviceId, connections: n }, 'closed the websocket connections of a device disabled or removed')
+    return n
+  }
+
   private connected (ws: WebSocket, device: DeviceRecord): void {
+    const anonymous = this.o.auth.isAnonymous(device)
+    const current = this.o.auth.registry.get(device.id)
+    if (!anonymous && (current === undefined || !current.enabled)) {
+      // Disabled or removed while the upgrade was under way (disconnectDevice ran before it).
+      ws.on('error', () => {})
+      ws.close(1008, 'device disabled or removed')
+      setTimeout(() => ws.terminate(), CLOSE_GRACE).unref()
+      return
+    }
     const conn: Conn = { ws, device, inflight: 0, alive: true }
     this.conns.add(conn)
     this.o.metrics.connections.inc({ protocol: 'ws' })
+    if (!anonymous) this.o.auth.presence?.connected(device.id, 'ws')
     ws.on('error', (err: Error & { code?: string }) => {
       // ws closes with 1009 itself when a frame exceeds maxPayload.
       if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.o.metrics.websocketCloses.inc({ reason: 'frame_too_large' })
@@ -140,6 +165,7 @@ export class WebSocketAdapter {
     ws.on('close', () => {
       this.conns.delete(conn)
       this.o.metrics.connections.dec({ protocol: 'ws' })
+      if (!anonymous) this.o.auth.presence?.disconnected(device.id, 'ws')
     })
     ws.on('message', (data: RawData) => {
       conn.alive = true
@@ -181,6 +207,7 @@ export class WebSocketAdapter {
         answer.nack.push(it)
       } else if (s.status === 'fulfilled') {
         answer.ack.push({ id: it.id, eventId: (s.value as IngestResult).eventId })
+        if (!this.o.auth.isAnonymous(conn.device)) this.o.auth.presence?.seen(conn.device.id, 'ws')
       } else {
         const err = s.reason as unknown
         if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
