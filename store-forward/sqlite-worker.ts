@@ -8,7 +8,7 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
   SCHEMA_VERSION, FaultSlot,
-  type WorkerInit, type Envelope, type Reply, type Request, type AppendItem, type AppendResult,
+  type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
   type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
   type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit, type RetainedRow, type RetainedLoadResult,

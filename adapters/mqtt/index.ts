@@ -166,7 +166,7 @@ export class MqttAdapter implements DeviceAdapter {
       this.o.presence?.disconnected(s.device.id, 'mqtt')
     })
     this.broker.on('clientError', (client, err) => this.o.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error'))
-    this.broker.on('connectionError', (client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
+    this.broker.on('connectionError', (_client, err) => this.o.log.debug({ err: err.message }, 'mqtt connection error'))
     this.server = net.createServer({ noDelay: true }, (socket) => this.handleStream(socket))
     await listen(this.server, this.o.port, this.o.host)
     const t = this.o.tls
@@ -290,9 +290,8 @@ export class MqttAdapter implements DeviceAdapter {
     if (isCommandTopic(topic)) {
       // Commands go device to device through the broker; they are not events.
       this.o.metrics.ingress.inc({ protocol: 'mqtt', outcome: 'local' })
-      return this.retainThenAck(packet, done)
       if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
-      return done()
+      return this.retainThenAck(packet, done)
     }
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
     const props = (packet as { properties?: { contentType?: string, userProperties?: Record<string, string | string[]> } }).properties
@@ -317,9 +316,8 @@ export class MqttAdapter implements DeviceAdapter {
     p.then(() => {
       this.inflight.delete(p)
       // A retained message is committed after its event: a refused event changes no retained state.
-      this.retainThenAck(packet, done)
       if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
-      done()
+      this.retainThenAck(packet, done)
     }, (err: unknown) => {
       this.inflight.delete(p)
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')

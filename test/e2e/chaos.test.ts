@@ -10,7 +10,7 @@ import * as grpc from '@grpc/grpc-js'
 import { tempDir, waitFor } from '../helpers/util.js'
 import { CounterPublisher } from '../helpers/mqtt.js'
 import { startReceiver } from '../helpers/receiver.js'
-import { baseConfig, spawnGateway, writeConfig, TOKENS } from '../helpers/gateway.js'
+import { baseConfig, spawnGateway, writeConfig } from '../helpers/gateway.js'
 import { startGrpcReceiver } from '../../scripts/grpc-receiver.js'
 
 /** mulberry32: a small seeded generator, so a failing run can be replayed with its seed. */

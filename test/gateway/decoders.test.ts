@@ -158,7 +158,7 @@ test('a registered decoder takes its types from the built-in ones, exact types b
   const calls: string[] = []
   const senml: Decoder = {
     contentTypes: ['application/senml+json'],
-    decode (payload, contentType) {
+    decode (_payload, contentType) {
       calls.push(contentType)
       return { data: { kind: 'json', text: '[]' }, datacontenttype: 'application/json', sourcecontenttype: contentType }
     },
