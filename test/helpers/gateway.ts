@@ -7,6 +7,7 @@ import { stringify } from 'yaml'
 import { pino } from 'pino'
 import { loadConfig } from '../../config/load.js'
 import { Gateway, type GatewayOptions } from '../../gateway/gateway.js'
+import { defer } from './util.js'
 import { spawnGatewayProcess, type GatewayProcess as BaseProcess } from '../../scripts/gateway-process.js'
 
 export const TOKENS = { 'sensor-1': 'sensor-1-secret', 'sensor-2': 'sensor-2-secret', controller: 'controller-secret' } as const
@@ -43,7 +44,7 @@ export async function startInProcess (t: TestContext, config: Record<string, unk
   const file = writeConfig(dir, config, `gridgate-${Math.random().toString(36).slice(2)}.yaml`)
   const gw = new Gateway(loadConfig({ path: file, env: {} }), { ...opts.gateway, log: pino({ level: 'silent' }), faults: opts.faults ?? false })
   await gw.start()
-  t.after(() => gw.stop().catch(() => {}))
+  defer(t, () => gw.stop().catch(() => {}))
   return gw
 }
 
@@ -58,6 +59,11 @@ export async function spawnGateway (t: TestContext | null, configFile: string, e
     // The ready line is logged at info: make sure the level lets it through.
     env: { PATH: process.env.PATH ?? '', NODE_ENV: 'test', GRIDGATE_TEST_FAULTS: '1', GRIDGATE_GATEWAY_LOG_LEVEL: 'info', ...env },
   })
-  t?.after(() => { if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL') })
+  if (t !== null) {
+    defer(t, async () => {
+      if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL')
+      await gw.exited
+    })
+  }
   return { ...gw, admin: (p, init) => fetch(`http://127.0.0.1:${gw.adminPort}${p}`, init) }
 }

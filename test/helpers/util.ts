@@ -4,10 +4,31 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { TestContext } from 'node:test'
 
-/** A temp dir removed after the test. */
+const cleanups = new WeakMap<TestContext, Array<() => unknown>>()
+
+/**
+ * Cleanup that runs after the test in reverse order of registration, so a gateway started on a temp
+ * dir stops before the dir is removed (node:test runs t.after hooks in registration order).
+ */
+export function defer (t: TestContext, fn: () => unknown): void {
+  let stack = cleanups.get(t)
+  if (stack === undefined) {
+    const s: Array<() => unknown> = []
+    stack = s
+    cleanups.set(t, s)
+    t.after(async () => {
+      while (s.length > 0) {
+        try { await s.pop()!() } catch {}
+      }
+    })
+  }
+  stack.push(fn)
+}
+
+/** A temp dir removed after the test (after whatever was started on it later has stopped). */
 export function tempDir (t: TestContext, prefix = 'gg-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
+  defer(t, () => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 }))
   return dir
 }
 
