@@ -42,7 +42,7 @@ export interface LoadgenOptions {
 }
 
 export interface LoadgenResult {
-  protocol: 'mqtt'
+  protocol: 'mqtt' | 'coap' | 'ws'
   connections: number
   window: number
   size: number
@@ -55,7 +55,8 @@ export interface LoadgenResult {
   connectSeconds: number
   seconds: number
   msgsPerSec: number
-  pubackMs: Percentiles
+  /** PUBLISH written → its PUBACK read. */
+  ackMs: Percentiles
   timeline: TimelinePoint[]
   cpuSeconds: number
   /** CPU seconds per wall second while publishing: near 1 means this process saturated a core. */
@@ -325,7 +326,7 @@ export async function runLoadgen (o: LoadgenOptions, onConnected?: () => void): 
       connectSeconds: Number(connSecs.toFixed(3)),
       seconds: Number(seconds.toFixed(3)),
       msgsPerSec: seconds > 0 ? Math.round(acked / seconds) : 0,
-      pubackMs: rec.summary(),
+      ackMs: rec.summary(),
       timeline: rec.timeline(),
       cpuSeconds: Number(cpu.toFixed(3)),
       cpuUtilisation: seconds > 0 ? Number((cpu / seconds).toFixed(3)) : 0,
