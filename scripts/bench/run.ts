@@ -117,6 +117,8 @@ function runNode<T> (file: string, args: string[], opts: { env?: NodeJS.ProcessE
       try { resolve(JSON.parse(last) as T) } catch { reject(new Error(`${path.basename(file)} printed no JSON result: ${out.slice(-500)}${err.slice(-1500)}`)) }
     })
   })
+  // Awaited later (or not at all when a scenario fails first): never an unhandled rejection.
+  result.catch(() => {})
   return { pid: child.pid!, result, child }
 }
 
@@ -191,11 +193,11 @@ function gatewayConfig (dir: string, uplinkUrl: string | null, store: Record<str
 }
 
 async function startGateway (o: Options, label: string, uplinkUrl: string | null, store: Record<string, unknown> = {}): Promise<Gateway> {
-  const dir = fs.mkdtempSync(path.join(o.dataDir, `gg-bench-${label}-`))
+  const dir = fs.mkdtempSync(path.join(o.dataDir, `gg-bench-${label.replace(/[^A-Za-z0-9]+/g, '-')}-`))
   const file = path.join(dir, 'gridgate.yaml')
   fs.writeFileSync(file, stringify(gatewayConfig(dir, uplinkUrl, store)))
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' }
-  if (o.profile) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${path.join(o.out, 'profiles', label)}`
+  if (o.profile) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-'))}`
   const proc = await spawnGatewayProcess({ configFile: file, env, readyTimeoutMs: 60_000 })
   const pid = proc.child.pid!
   return {
@@ -462,7 +464,7 @@ async function scenarioIdle (ctx: Ctx): Promise<Record<string, unknown>> {
     let connectedAt = 0
     const t0 = performance.now()
     const lg = runNode<LoadgenResult>(script('loadgen.js'), [
-      '--port', String(gw.proc.mqttPort), '--connections', String(n), '--window', '1', '--subscribe', '--hold', '-1',
+      '--port', String(gw.proc.mqttPort), '--connections', String(n), '--window', '1', '--subscribe', '--hold=-1',
       '--devices', String(DEVICES), '--client-prefix', 'idle-',
     ], { onLine: (line) => { if (line.includes('"connected"')) connectedAt = performance.now() } })
     while (connectedAt === 0) {
