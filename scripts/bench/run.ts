@@ -23,7 +23,7 @@ import { spawnGatewayProcess, type GatewayProcess } from '../gateway-process.js'
 import type { LoadgenResult } from './loadgen.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
-import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, procSample, type ProcSample } from './sys.js'
+import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
 import type { Percentiles } from './stats.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -200,7 +200,10 @@ async function startGateway (o: Options, label: string, uplinkUrl: string | null
   const file = path.join(dir, 'gridgate.yaml')
   fs.writeFileSync(file, stringify(gatewayConfig(dir, uplinkUrl, store)))
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' }
-  if (o.profile) env.NODE_OPTIONS = `--cpu-prof --cpu-prof-dir=${path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-'))}`
+  if (o.profile) {
+    env.NODE_OPTIONS = `--import=${script('profile-preload.js')}`
+    env.BENCH_PROFILE_DIR = path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-'))
+  }
   const proc = await spawnGatewayProcess({ configFile: file, env, readyTimeoutMs: 60_000 })
   const pid = proc.child.pid!
   return {
@@ -378,12 +381,14 @@ async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boole
     const sampler = new Sampler(gw.pid, gw.admin)
     const rx0 = procSample(ctx.rxPid)
     const g0 = procSample(gw.pid)
+    const th0 = threadCpu(gw.pid)
     const t0 = performance.now()
     const lg = await mqttLoad(gw.proc.mqttPort, load)
     const allDelivered = await rx.waitFor(lg.acked, 120_000)
     const deliveredSeconds = (performance.now() - t0) / 1000
     const samples = sampler.stop()
     const g1 = procSample(gw.pid)
+    const threads = threadCpuDelta(gw.pid, th0, threadCpu(gw.pid))
     const rx1 = procSample(ctx.rxPid)
     const m1 = await scrape(gw.admin)
     const report = await rx.report()
@@ -415,6 +420,9 @@ async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boole
         idleRssMiB: MiB(idle?.rss ?? 0),
         ...gu,
         cpuPerMessageUs: perMessageUs(gu.cpuSeconds, lg.acked),
+        /** Where the CPU went: the main thread (network, MQTT, ingest, forwarding) and the busiest other threads (SQLite workers, libuv). */
+        threadCpuSeconds: threads,
+        mainThreadBusy: Number((threads.mainSeconds / deliveredSeconds).toFixed(2)),
         writeBytesPerEvent: lg.acked === 0 ? 0 : Math.round(gu.writeBytes / lg.acked),
         commits,
         eventsPerCommit: commits === null || commits === 0 ? null : Number((lg.acked / commits).toFixed(1)),
@@ -656,7 +664,9 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   lines.push('', `gridgate bench ${String(meta.startedAt)}  (${String(meta.mode)}; load average at start ${JSON.stringify(meta.loadAverageAtStart)}, end ${JSON.stringify(meta.loadAverageAtEnd)})`)
   lines.push(`data dir on ${String((meta.dataDirFs as { mount: { fsType: string } }).mount.fsType)}; fdatasync p50/p99 ${JSON.stringify(meta.fdatasyncMs)}; store.sync ${String(meta.storeSync)}; SQLite cache_size ${String(meta.sqliteCacheSize)}; node ${String(meta.node)}; RLIMIT_NOFILE ${JSON.stringify(meta.rlimitNofile)}`)
   lines.push('')
-  const s1 = results.ingest
+  for (const [name, r] of Object.entries(results)) if ('error' in r) row(`${name}: FAILED`, String(r.error).split('\n')[0]!)
+  const ok = (r: Record<string, unknown> | undefined): Record<string, unknown> | undefined => r === undefined || 'error' in r ? undefined : r
+  const s1 = ok(results.ingest)
   if (s1 !== undefined) {
     const g = s1.gridgate as Record<string, any>
     const m = s1.mosquitto as Record<string, any> | null
@@ -664,9 +674,10 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('  PUBACK ms p50/p99/max', `gridgate ${fmtMs(g.pubackMs)}`, m === null ? '' : `mosquitto ${fmtMs(m.pubackMs)}`)
     row('  device→cloud ms p50/p99/max', fmtMs(g.deviceToCloudMs), `delivered ${g.delivered}${g.allDelivered === true ? '' : ' (NOT ALL)'}`)
     row('  CPU µs/msg gateway / loadgen / receiver', `${g.gateway.cpuPerMessageUs} / ${g.loadgenCpuPerMessageUs} / ${g.receiver.cpuPerMessageUs}`, m === null ? '' : `mosquitto ${m.broker.cpuPerMessageUs}`, `loadgen CPU ${g.loadgen.cpuUtilisation}`)
-    row('  gateway RSS idle / end / peak MiB', `${g.gateway.idleRssMiB} / ${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`, `events/commit ${g.gateway.eventsPerCommit}`, `bytes written/event ${g.gateway.writeBytesPerEvent}`)
+    row('  gateway RSS idle / end / peak MiB', `${g.gateway.idleRssMiB} / ${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`, `bytes written/event ${g.gateway.writeBytesPerEvent}`)
+    row('  gateway CPU s: main thread / others', `${g.gateway.threadCpuSeconds.mainSeconds} / ${g.gateway.threadCpuSeconds.otherThreadsSeconds.join(', ')}`, `main thread busy ${g.gateway.mainThreadBusy} of the run`)
   }
-  const s2 = results.rate
+  const s2 = ok(results.rate)
   if (s2 !== undefined) {
     const g = s2.gridgate as Record<string, any>
     const m = s2.mosquitto as Record<string, any> | null
@@ -676,20 +687,20 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('  event-loop delay p99 ms (≤ 10)', `max of 1 s windows ${g.eventLoopP99Ms.max}`, `median ${g.eventLoopP99Ms.median}`)
     row('  gateway CPU µs/msg, RSS end/peak MiB', `${g.gateway.cpuPerMessageUs}`, `${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`)
   }
-  const s3 = results.idle
+  const s3 = ok(results.idle)
   if (s3 !== undefined) {
     row(`3 ${String(s3.connections)} idle subscribed connections`, `RSS ${String(s3.rssMiB)} MiB (target ≤ 250)`, `idle RSS ${String(s3.idleRssMiB)} MiB (target ≤ 80)`, `${String(s3.rssPerConnectionKiB)} KiB/connection`)
   }
-  const s4 = results.drain
+  const s4 = ok(results.drain)
   if (s4 !== undefined) {
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
     row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `RSS after backlog ${String(r?.afterBacklog)} MiB, peak ${String(r?.peakDuringDrain)} MiB`, `live PUBACK p99 ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
   }
   for (const [key, name] of [['coap', '5 CoAP CON POST at saturation'], ['ws', '6 WebSocket JSON at saturation']] as const) {
-    const s = results[key] as Record<string, any> | undefined
+    const s = ok(results[key]) as Record<string, any> | undefined
     if (s !== undefined) row(name, `${s.msgsPerSec} msgs/s`, `ack ms ${fmtMs(s.ackMs)}`, `CPU ${s.gateway.cpuPerMessageUs} µs/msg`, `delivered ${s.delivered}${s.allDelivered === true ? '' : ' (NOT ALL)'}`)
   }
-  const s7 = results.flash
+  const s7 = ok(results.flash)
   if (s7 !== undefined) {
     for (const r of s7.rows as Array<Record<string, any>>) {
       row(`7 flash wear sync=${r.sync} at ${r.rate} msgs/s`, `${r.bytesPerEvent} B/event`, `${Math.round(r.writeBytesPerSecond / 1024)} KiB/s written`, `fsyncs/s ${r.fsyncsPerSecond ?? '-'}`, `achieved ${r.achievedMsgsPerSec} msgs/s`)
@@ -717,12 +728,12 @@ function mosquittoVersion (bin: string | null): string | null {
 
 /** Re-runs this process under a shell that raised RLIMIT_NOFILE, when scenario 3 needs more descriptors. */
 function raiseNofile (o: Options): boolean {
-  if (!o.scenarios.includes(3) || process.env.GRIDGATE_BENCH_NOFILE === '1') return false
+  if (!o.scenarios.includes(3) || process.env.BENCH_NOFILE_RAISED === '1') return false
   const want = (o.quick ? 2000 : IDLE_CONNECTIONS) + FD_MARGIN
   const { soft, hard } = nofile()
   if (soft >= want) return false
   if (hard < want) throw new Error(`scenario 3 needs RLIMIT_NOFILE ≥ ${want}; the hard limit is ${hard}. Raise it (limits.conf, systemd LimitNOFILE, docker --ulimit nofile=...) or leave scenario 3 out.`)
-  const r = spawnSync('sh', ['-c', `ulimit -n ${want} && exec "$0" "$@"`, process.execPath, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, GRIDGATE_BENCH_NOFILE: '1' } })
+  const r = spawnSync('sh', ['-c', `ulimit -n ${want} && exec "$0" "$@"`, process.execPath, fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, BENCH_NOFILE_RAISED: '1' } })
   process.exit(r.status ?? 1)
 }
 

@@ -119,3 +119,25 @@ export function machine (): Record<string, unknown> {
 }
 
 export const MiB = (bytes: number): number => Number((bytes / 2 ** 20).toFixed(1))
+
+/** CPU seconds per thread of a process (tid → seconds); the main thread's tid is the pid. */
+export function threadCpu (pid: number): Map<number, number> {
+  const out = new Map<number, number>()
+  let tids: string[] = []
+  try { tids = fs.readdirSync(`/proc/${pid}/task`) } catch { return out }
+  for (const tid of tids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      out.set(Number(tid), (Number(fields[11]) + Number(fields[12])) / CLK_TCK)
+    } catch {}
+  }
+  return out
+}
+
+/** CPU seconds between two threadCpu samples: the main thread, and the busiest other threads. */
+export function threadCpuDelta (pid: number, before: Map<number, number>, after: Map<number, number>): { mainSeconds: number, otherThreadsSeconds: number[] } {
+  const d = (tid: number): number => Number(((after.get(tid) ?? 0) - (before.get(tid) ?? 0)).toFixed(2))
+  const others = [...after.keys()].filter(t => t !== pid).map(d).filter(x => x > 0).sort((a, b) => b - a)
+  return { mainSeconds: d(pid), otherThreadsSeconds: others.slice(0, 4) }
+}
