@@ -94,7 +94,7 @@ async function freePort (): Promise<number> {
 interface ChildRun<T> { pid: number, result: Promise<T>, child: ChildProcess }
 
 /** Runs a node script; its last stdout line is its JSON result. `onLine` sees every line before. */
-function runNode<T> (file: string, args: string[], opts: { env?: NodeJS.ProcessEnv, onLine?: (line: string) => void } = {}): ChildRun<T> {
+function runNode<T> (file: string, args: string[], opts: { env?: NodeJS.ProcessEnv, onLine?: (line: string) => void, onErrLine?: (line: string) => void } = {}): ChildRun<T> {
   const child = spawn(process.execPath, [file, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env })
   let out = ''
   let err = ''
@@ -109,7 +109,18 @@ function runNode<T> (file: string, args: string[], opts: { env?: NodeJS.ProcessE
       opts.onLine?.(line)
     }
   })
-  child.stderr.on('data', (c: Buffer) => { err += c.toString(); if (err.length > 1e6) err = err.slice(-1e5) })
+  let errBuf = ''
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString()
+    if (err.length > 1e6) err = err.slice(-1e5)
+    if (opts.onErrLine === undefined) return
+    errBuf += c.toString()
+    let nl
+    while ((nl = errBuf.indexOf('\n')) >= 0) {
+      opts.onErrLine(errBuf.slice(0, nl))
+      errBuf = errBuf.slice(nl + 1)
+    }
+  })
   const result = new Promise<T>((resolve, reject) => {
     child.on('exit', (code, signal) => {
       if (code !== 0) { reject(new Error(`${path.basename(file)} exited ${signal ?? code}: ${err.slice(-2000)}`)); return }
@@ -519,8 +530,22 @@ async function scenarioIdle (ctx: Ctx): Promise<Record<string, unknown>> {
 async function scenarioDrain (ctx: Ctx): Promise<Record<string, unknown>> {
   log(`scenario 4: drain of a ${ctx.o.drainEvents}-event backlog (scripts/drain-measure.ts) with 1000 msgs/s live traffic`)
   // drain-measure makes its temp dir under TMPDIR: point it at the checked data dir.
-  const r = await runNode<Record<string, unknown>>(path.join(repoRoot, 'dist', 'scripts', 'drain-measure.js'), ['--events', String(ctx.o.drainEvents)], { env: { ...process.env, TMPDIR: ctx.o.dataDir } }).result
-  return { ...r, loadAverage: loadAverage(), note: 'gatewayRssMiB.afterBacklog is the RSS with the whole backlog stored; compare with idleRssMiB of the other scenarios (empty store)' }
+  // Its gateway's RSS with an empty store, sampled when it logs its pid (before the backlog is built).
+  let emptyStoreRssMiB: number | null = null
+  const r = await runNode<Record<string, unknown>>(path.join(repoRoot, 'dist', 'scripts', 'drain-measure.js'), ['--events', String(ctx.o.drainEvents)], {
+    env: { ...process.env, TMPDIR: ctx.o.dataDir },
+    onErrLine: (line) => {
+      const pid = /^gateway pid (\d+)/.exec(line)?.[1]
+      if (pid !== undefined) emptyStoreRssMiB = MiB(procSample(Number(pid))?.rss ?? 0)
+      else if (line.trim() !== '') log(`  ${line.trim()}`)
+    },
+  }).result
+  return {
+    ...r,
+    emptyStoreRssMiB,
+    loadAverage: loadAverage(),
+    note: 'emptyStoreRssMiB: the same gateway just started (empty store); gatewayRssMiB.afterBacklog: with the whole backlog stored, after the ingest that built it; gatewayRssMiB.end: after the drain (backlog gone, same traffic history)',
+  }
 }
 
 async function otherProtocol (ctx: Ctx, label: string, file: string, args: string[], listener: string): Promise<Record<string, unknown>> {
@@ -694,7 +719,8 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   const s4 = ok(results.drain)
   if (s4 !== undefined) {
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
-    row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `RSS after backlog ${String(r?.afterBacklog)} MiB, peak ${String(r?.peakDuringDrain)} MiB`, `live PUBACK p99 ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
+    row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p99 during drain ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
+    row('  gateway RSS MiB', `empty store ${String(s4.emptyStoreRssMiB)}`, `with the backlog ${String(r?.afterBacklog)}`, `drain peak ${String(r?.peakDuringDrain)}`, `after the drain ${String(r?.end)}`)
   }
   for (const [key, name] of [['coap', '5 CoAP CON POST at saturation'], ['ws', '6 WebSocket JSON at saturation']] as const) {
     const s = ok(results[key]) as Record<string, any> | undefined
