@@ -3,7 +3,7 @@
 // load generators in their own processes. Writes bench-results/<run>.json and .svg, prints a table.
 //
 //   npm run bench -- [--scenario 1,2,3,4,5,6,7] [--quick] [--procs 1] [--drain-events 100000]
-//                    [--data-dir DIR] [--no-mosquitto] [--profile]
+//                    [--data-dir DIR] [--no-mosquitto] [--profile] [--flash-commit-delay 100ms]
 //
 // Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side);
 // 2 fixed 5,000 msgs/s from 100 connections (PUBACK, device→cloud and event-loop delay p99);
@@ -46,6 +46,8 @@ interface Options {
   out: string
   mosquitto: string | null
   profile: boolean
+  /** Extra scenario 7 rows with this store.commitDelay (not the default; for SD-card sizing). */
+  flashCommitDelay: string | null
 }
 
 function options (): Options {
@@ -59,6 +61,7 @@ function options (): Options {
       out: { type: 'string', default: path.join(repoRoot, 'bench-results') },
       'no-mosquitto': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
+      'flash-commit-delay': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   })
@@ -78,7 +81,7 @@ function options (): Options {
   const drainEvents = Number(values['drain-events'] ?? (quick ? 20_000 : 100_000))
   if (!Number.isInteger(drainEvents) || drainEvents < 1) throw new Error(`--drain-events: expected a positive integer, got ${values['drain-events']}`)
   const mosquitto = values['no-mosquitto'] ? null : ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'].find(p => fs.existsSync(p)) ?? null
-  return { scenarios: [...new Set(scenarios)].sort(), quick, procs, drainEvents, dataDir: path.resolve(values['data-dir']), out: path.resolve(values.out), mosquitto, profile: values.profile }
+  return { scenarios: [...new Set(scenarios)].sort(), quick, procs, drainEvents, dataDir: path.resolve(values['data-dir']), out: path.resolve(values.out), mosquitto, profile: values.profile, flashCommitDelay: values['flash-commit-delay'] ?? null }
 }
 
 // ---- processes -----------------------------------------------------------------------------------
@@ -610,9 +613,9 @@ function hasStrace (): boolean {
 interface FlashPass { events: number, late: number, wall: number, trafficSeconds: number, writeBytes: number, commits: number | null, fsyncs: number | null, syscalls: Record<string, number>, pubackMs: Percentiles }
 
 /** One paced run against a fresh gateway with the given store.sync; with strace, fsyncs are counted. */
-async function flashPass (ctx: Ctx, sync: 'full' | 'normal', rate: number, seconds: number, trace: boolean): Promise<FlashPass> {
+async function flashPass (ctx: Ctx, sync: 'full' | 'normal', rate: number, seconds: number, trace: boolean, commitDelay: string | null): Promise<FlashPass> {
   await ctx.rx.reset()
-  const gw = await startGateway(ctx.o, `flash-${sync}-${rate}${trace ? '-strace' : ''}`, ctx.rx.url, { sync })
+  const gw = await startGateway(ctx.o, `flash-${sync}-${rate}${trace ? '-strace' : ''}`, ctx.rx.url, commitDelay === null ? { sync } : { sync, commitDelay })
   try {
     await sleep(1500)
     const traceFile = path.join(gw.dir, 'strace.txt')
@@ -650,14 +653,16 @@ async function scenarioFlash (ctx: Ctx): Promise<Record<string, unknown>> {
   const strace = hasStrace()
   log(`scenario 7: flash wear, ${seconds} s at 100 and 5000 msgs/s, store.sync full and normal${strace ? '; fsyncs counted with strace in a second pass' : '; fsyncs not counted (no strace)'}`)
   const rows: Array<Record<string, unknown>> = []
-  for (const sync of ['full', 'normal'] as const) {
+  const variants: Array<{ sync: 'full' | 'normal', commitDelay: string | null }> = [{ sync: 'full', commitDelay: null }, { sync: 'normal', commitDelay: null }]
+  if (ctx.o.flashCommitDelay !== null) variants.push({ sync: 'full', commitDelay: ctx.o.flashCommitDelay })
+  for (const { sync, commitDelay } of variants) {
     for (const rate of [100, 5000]) {
       // Bytes and latency without a tracer (ptrace stops every syscall of the gateway), then the
       // same load under strace to count fsyncs.
-      const a = await flashPass(ctx, sync, rate, seconds, false)
-      const b = strace ? await flashPass(ctx, sync, rate, Math.min(seconds, 10), true) : null
+      const a = await flashPass(ctx, sync, rate, seconds, false, commitDelay)
+      const b = strace ? await flashPass(ctx, sync, rate, Math.min(seconds, 10), true, commitDelay) : null
       rows.push({
-        sync, rate, seconds: Number(a.wall.toFixed(1)), events: a.events, late: a.late, achievedMsgsPerSec: Math.round(a.events / a.trafficSeconds),
+        sync, commitDelay: commitDelay ?? '0ms (default)', rate, seconds: Number(a.wall.toFixed(1)), events: a.events, late: a.late, achievedMsgsPerSec: Math.round(a.events / a.trafficSeconds),
         writeBytes: a.writeBytes,
         bytesPerEvent: a.events === 0 ? 0 : Math.round(a.writeBytes / a.events),
         writeBytesPerSecond: Math.round(a.writeBytes / a.wall),
@@ -729,7 +734,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   const s7 = ok(results.flash)
   if (s7 !== undefined) {
     for (const r of s7.rows as Array<Record<string, any>>) {
-      row(`7 flash wear sync=${r.sync} at ${r.rate} msgs/s`, `${r.bytesPerEvent} B/event`, `${Math.round(r.writeBytesPerSecond / 1024)} KiB/s written`, `fsyncs/s ${r.fsyncsPerSecond ?? '-'}`, `achieved ${r.achievedMsgsPerSec} msgs/s`)
+      row(`7 flash wear sync=${r.sync}${String(r.commitDelay).startsWith('0ms') ? '' : ` commitDelay=${r.commitDelay}`} at ${r.rate} msgs/s`, `${r.bytesPerEvent} B/event`, `${Math.round(r.writeBytesPerSecond / 1024)} KiB/s written`, `fsyncs/s ${r.fsyncsPerSecond ?? '-'}`, `achieved ${r.achievedMsgsPerSec} msgs/s`)
     }
   }
   return `${lines.join('\n')}\n`
