@@ -781,7 +781,7 @@ async function main (): Promise<void> {
     startedAt,
     mode: o.quick ? 'quick' : 'full',
     scenarios: o.scenarios.map(n => `${n} ${SCENARIOS[n]}`),
-    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    command: process.argv.length > 2 ? `npm run bench -- ${process.argv.slice(2).join(' ')}` : 'npm run bench',
     ...machine(),
     loadAverageAtStart: loadAverage(),
     dataDir: o.dataDir,
