@@ -163,6 +163,8 @@ async function main (): Promise<void> {
   fs.writeFileSync(file, stringify({
     gateway: { id: 'gw-drain', dataDir: path.join(dir, 'data'), logLevel: 'info' },
     mqtt: { host: '127.0.0.1', port: 0 },
+    coap: { host: '127.0.0.1', port: 0 },
+    websocket: { host: '127.0.0.1', port: 0 },
     admin: { host: '127.0.0.1', port: 0 },
     devices: [{ id: 'sensor-1', token: 'sensor-1-measure-token' }],
     uplinks: [{ ...uplink, batchMaxEvents: o.batch, timeout: '10s', retry: { initialDelay: '100ms', maxDelay: '1s' } }],

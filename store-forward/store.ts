@@ -87,6 +87,9 @@ export interface StoreEvents {
   /** The store admits new events again after having been full. */
   space: []
   full: []
+  /** A write transaction committed / rolled back (gridgate_store_commits_total, _commit_failures_total). */
+  committed: []
+  commitFailed: [code: string]
 }
 
 export class Store extends EventEmitter<StoreEvents> {
@@ -349,6 +352,7 @@ export class Store extends EventEmitter<StoreEvents> {
     }).then(({ results, state }) => {
       for (const r of retained) r.resolve()
       this.commits++
+      this.emit('committed')
       let last = this.lastSeq
       for (let i = 0; i < batch.length; i++) {
         const r = results[i]!
@@ -370,6 +374,7 @@ export class Store extends EventEmitter<StoreEvents> {
       this.flush()
     }, (err: Error & { code?: string }) => {
       const wrapped = err instanceof GridgateError ? err : new GridgateError(commitErrorCode(err.code), err.message, { cause: err })
+      this.emit('commitFailed', wrapped.code)
       for (const p of batch) p.reject(wrapped)
       // A retained write is answered like an append: its publish is not acknowledged, the device resends.
       for (const r of retained) r.reject(wrapped)

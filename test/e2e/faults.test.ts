@@ -32,6 +32,8 @@ test('a failed commit sends no PUBACK, closes the MQTT 3.1.1 connection, stores 
   assert.deepEqual(rx.events.map(e => e.data), [{ n: 'ok' }])
   const metrics = await (await fetch(`http://127.0.0.1:${gw.adminAddress!.port}/metrics`)).text()
   assert.match(metrics, /gridgate_ingress_total\{protocol="mqtt",outcome="failed"\} 1/)
+  assert.match(metrics, /gridgate_store_commit_failures_total\{code="GG_ERR_STORE_FULL"\} 1/)
+  assert.ok(Number(/gridgate_store_commits_total (\d+)/.exec(metrics)?.[1] ?? 0) >= 1, 'commits are counted')
 })
 
 test('when the writer dies, the in-flight publish is not acknowledged, /readyz turns 503 and service resumes', async (t) => {
