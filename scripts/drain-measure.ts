@@ -12,7 +12,6 @@
 //    as one JSON object on stdout. Progress goes to stderr.
 import fs from 'node:fs'
 import http from 'node:http'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
@@ -25,6 +24,7 @@ import { spawnGatewayProcess } from './gateway-process.js'
 import * as grpc from '@grpc/grpc-js'
 import { PUBLISH_PATH, decodeRawBatch, encodePublishResponse } from '../adapters/uplink-grpc/schema.js'
 import { decodeEvent } from '../gateway/event.js'
+import { freePort } from './net.js'
 
 const log = (line: string): void => { process.stderr.write(`${line}\n`) }
 
@@ -47,14 +47,6 @@ function args () {
   if (!Number.isFinite(rate) || rate < 0) throw new Error(`--rate: expected msgs/s, got ${values.rate}`)
   if (values.type !== 'http' && values.type !== 'grpc') throw new Error(`--type: expected http or grpc, got ${values.type}`)
   return { events, rate, type: values.type, batch, keep: values.keep === true, serve: values.serve, port: Number(values.port) }
-}
-
-async function freePort (): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const { port } = s.address() as net.AddressInfo
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
 }
 
 function procStatus (pid: number): { rss: number, hwm: number } {

@@ -11,7 +11,7 @@
 import dgram from 'node:dgram'
 import { parseArgs } from 'node:util'
 import { generate, parse } from 'coap-packet'
-import { Recorder, invokedDirectly, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp } from './stats.js'
+import { Recorder, invokedDirectly, loadResult, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp } from './stats.js'
 import type { LoadgenResult } from './loadgen.js'
 
 export interface CoapLoadgenOptions {
@@ -186,25 +186,7 @@ export async function runCoapLoadgen (o: CoapLoadgenOptions): Promise<LoadgenRes
   const cpu = ownCpuSeconds() - cpu0
   for (const e of endpoints) e.socket.close()
   if (lost > 0) errors.unshift(`${lost} requests got no answer (after ${MAX_RETRANSMIT} retransmissions or ${o.timeoutMs} ms after an empty ACK)`)
-  return {
-    retransmissions,
-    protocol: 'coap',
-    connections: o.connections,
-    window: o.window,
-    size: o.size,
-    rate: 0,
-    sent,
-    acked,
-    late: 0,
-    errors: errors.slice(0, 20),
-    connectSeconds: 0,
-    seconds: Number(seconds.toFixed(3)),
-    msgsPerSec: Math.round(acked / seconds),
-    ackMs: rec.summary(),
-    timeline: rec.timeline(),
-    cpuSeconds: Number(cpu.toFixed(3)),
-    cpuUtilisation: Number((cpu / seconds).toFixed(3)),
-  }
+  return { ...loadResult({ ...o, protocol: 'coap' }, { sent, acked, errors, seconds, cpuSeconds: cpu, rec }), retransmissions }
 }
 
 async function main (): Promise<void> {

@@ -16,7 +16,7 @@
 // a slot is reused only after its PUBACK, so a buffer is never rewritten while the socket still holds it.
 import net from 'node:net'
 import { parseArgs } from 'node:util'
-import { Recorder, invokedDirectly, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp, type Percentiles, type TimelinePoint } from './stats.js'
+import { Recorder, invokedDirectly, loadResult, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp, type Percentiles, type TimelinePoint } from './stats.js'
 
 export interface LoadgenOptions {
   host: string
@@ -272,7 +272,7 @@ export async function runLoadgen (o: LoadgenOptions, onConnected?: () => void): 
       process.once('SIGTERM', resolve)
     })
     for (const c of conns) c.socket.destroy()
-    return result(0, 0, 0)
+    return loadResult({ ...o, protocol: 'mqtt' }, { sent, acked, late, errors, seconds: 0, cpuSeconds: 0, rec })
   }
 
   const cpu0 = ownCpuSeconds()
@@ -310,28 +310,7 @@ export async function runLoadgen (o: LoadgenOptions, onConnected?: () => void): 
   rec.stop()
   const cpu = ownCpuSeconds() - cpu0
   for (const c of conns) c.socket.end()
-  return result(seconds, cpu, connectSeconds)
-
-  function result (seconds: number, cpu: number, connSecs: number): LoadgenResult {
-    return {
-      protocol: 'mqtt',
-      connections: o.connections,
-      window: o.window,
-      size: o.size,
-      rate: o.rate,
-      sent,
-      acked,
-      late,
-      errors: errors.slice(0, 20),
-      connectSeconds: Number(connSecs.toFixed(3)),
-      seconds: Number(seconds.toFixed(3)),
-      msgsPerSec: seconds > 0 ? Math.round(acked / seconds) : 0,
-      ackMs: rec.summary(),
-      timeline: rec.timeline(),
-      cpuSeconds: Number(cpu.toFixed(3)),
-      cpuUtilisation: seconds > 0 ? Number((cpu / seconds).toFixed(3)) : 0,
-    }
-  }
+  return loadResult({ ...o, protocol: 'mqtt' }, { sent, acked, late, errors, connectSeconds, seconds, cpuSeconds: cpu, rec })
 }
 
 export function parseLoadgenArgs (argv: string[]): LoadgenOptions {

@@ -25,6 +25,7 @@ import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
 import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
 import type { Percentiles } from './stats.js'
+import { freePort } from '../net.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const repoRoot = path.resolve(here, '..', '..', '..')
@@ -85,14 +86,6 @@ function options (): Options {
 }
 
 // ---- processes -----------------------------------------------------------------------------------
-
-async function freePort (): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const { port } = s.address() as net.AddressInfo
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
-}
 
 interface ChildRun<T> { pid: number, result: Promise<T>, child: ChildProcess }
 

@@ -3,6 +3,7 @@
 // boundaries, so the final report has exact percentiles overall and per second.
 import fs from 'node:fs'
 import { fileURLToPath } from 'node:url'
+import type { LoadgenResult } from './loadgen.js'
 
 export interface Percentiles { count: number, p50: number, p99: number, max: number, mean: number }
 
@@ -142,5 +143,30 @@ export function invokedDirectly (url: string): boolean {
     return fs.realpathSync(argv1) === fileURLToPath(url)
   } catch {
     return false
+  }
+}
+
+/** A load generator's result from what every generator counts; `rate`, `late` and `connectSeconds` default to 0. */
+export function loadResult (
+  o: { protocol: LoadgenResult['protocol'], connections: number, window: number, size: number, rate?: number },
+  c: { sent: number, acked: number, late?: number, errors: string[], connectSeconds?: number, seconds: number, cpuSeconds: number, rec: Recorder },
+): LoadgenResult {
+  return {
+    protocol: o.protocol,
+    connections: o.connections,
+    window: o.window,
+    size: o.size,
+    rate: o.rate ?? 0,
+    sent: c.sent,
+    acked: c.acked,
+    late: c.late ?? 0,
+    errors: c.errors.slice(0, 20),
+    connectSeconds: Number((c.connectSeconds ?? 0).toFixed(3)),
+    seconds: Number(c.seconds.toFixed(3)),
+    msgsPerSec: c.seconds > 0 ? Math.round(c.acked / c.seconds) : 0,
+    ackMs: c.rec.summary(),
+    timeline: c.rec.timeline(),
+    cpuSeconds: Number(c.cpuSeconds.toFixed(3)),
+    cpuUtilisation: c.seconds > 0 ? Number((c.cpuSeconds / c.seconds).toFixed(3)) : 0,
   }
 }

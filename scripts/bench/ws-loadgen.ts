@@ -7,7 +7,7 @@
 //   node dist/scripts/bench/ws-loadgen.js --port 8080 --connections 10 --messages 5000 [--window 16]
 import { parseArgs } from 'node:util'
 import WebSocket from 'ws'
-import { Recorder, invokedDirectly, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp } from './stats.js'
+import { Recorder, invokedDirectly, loadResult, ownCpuSeconds, payloadTemplate, wallMicros, writeStamp } from './stats.js'
 import type { LoadgenResult } from './loadgen.js'
 
 export interface WsLoadgenOptions {
@@ -113,24 +113,7 @@ export async function runWsLoadgen (o: WsLoadgenOptions): Promise<LoadgenResult>
   rec.stop()
   const cpu = ownCpuSeconds() - cpu0
   for (const c of conns) c.ws.terminate()
-  return {
-    protocol: 'ws',
-    connections: o.connections,
-    window: o.window,
-    size: o.size,
-    rate: 0,
-    sent,
-    acked,
-    late: 0,
-    errors: errors.slice(0, 20),
-    connectSeconds: 0,
-    seconds: Number(seconds.toFixed(3)),
-    msgsPerSec: Math.round(acked / seconds),
-    ackMs: rec.summary(),
-    timeline: rec.timeline(),
-    cpuSeconds: Number(cpu.toFixed(3)),
-    cpuUtilisation: Number((cpu / seconds).toFixed(3)),
-  }
+  return loadResult({ ...o, protocol: 'ws' }, { sent, acked, errors, seconds, cpuSeconds: cpu, rec })
 }
 
 async function main (): Promise<void> {

@@ -1,16 +1,15 @@
 // MQTT device → gateway → real node:http cloud receiver, with the gateway in-process.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import net from 'node:net'
 import path from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import type { AddressInfo } from 'node:net'
 import { tempDir, waitFor, hasCommand } from '../helpers/util.js'
 import { startReceiver, type ReceivedEvent } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { connect } from '../helpers/mqtt.js'
 import type { Gateway } from '../../gateway/gateway.js'
+import { freePort } from '../../scripts/net.js'
 
 const run = promisify(execFile)
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -30,14 +29,6 @@ function checkEvent (ev: ReceivedEvent, gw: Gateway, topic: string, data: unknow
   assert.equal(ev.gatewayid, 'gw-test')
   assert.equal(ev.storeid, gw.store.info.storeId)
   assert.match(ev.sequence, /^\d{20}$/)
-}
-
-async function freePort (): Promise<number> {
-  const s = net.createServer()
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))
-  const { port } = s.address() as AddressInfo
-  await new Promise<void>((resolve) => s.close(() => resolve()))
-  return port
 }
 
 const seqOf = (e: ReceivedEvent): number => Number(e.sequence)
