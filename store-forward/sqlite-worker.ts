@@ -413,8 +413,8 @@ class Writer {
       this.faultsBeforeCommit()
       return () => { if (floorDue) this.persistedFloor = floorMs }
     })
-    this.checkpointIfLarge()
-    return { results, state: this.state() }
+    const wal = this.checkpointIfLarge()
+    return { results, state: this.state(wal) }
   }
 
   /**
@@ -744,9 +744,13 @@ class Writer {
     }
   }
 
-  private checkpointIfLarge (): void {
+  /** TRUNCATE past walMaxBytes; returns the WAL's size afterwards (one stat when nothing is due). */
+  private checkpointIfLarge (): number {
     const limit = this.quota?.walMaxBytes
-    if (limit !== undefined && this.walBytes() > limit) this.checkpoint('TRUNCATE')
+    const wal = this.walBytes()
+    if (limit === undefined || wal <= limit) return wal
+    this.checkpoint('TRUNCATE')
+    return this.walBytes()
   }
 
   private checkpoint (mode: 'PASSIVE' | 'TRUNCATE'): MaintainResult['checkpoint'] {
@@ -760,7 +764,7 @@ class Writer {
     }
   }
 
-  private state (): WriterState {
+  private state (walBytes = this.walBytes()): WriterState {
     const drops = this.drops
     const deadLetterDrops = this.deadLetterDrops
     this.drops = []
@@ -771,7 +775,7 @@ class Writer {
       deadLetterDrops,
       full: this.full,
       usedBytes: this.usedPages(),
-      walBytes: this.walBytes(),
+      walBytes,
       deadLetters: this.deadLetterRows,
       deadLettersByUplink: Object.fromEntries(this.dlByUplink),
       events: this.rows,

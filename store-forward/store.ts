@@ -120,6 +120,8 @@ export class Store extends EventEmitter<StoreEvents> {
   diskFree: number | null = null
   private maintainTimer: NodeJS.Timeout | null = null
   private maintaining = false
+  /** Highest sequence each uplink's forwarder acknowledged (by slot), to tell policy skips from deliveries. */
+  private readonly ackedTo = new Map<number, number>()
   private router!: Router
 
   private readonly uplinkInits: UplinkInit[]
@@ -190,7 +192,8 @@ export class Store extends EventEmitter<StoreEvents> {
     for (const c of st.uplinks) {
       const u = this.uplinkBySlot(c.slot)
       if (u === undefined) continue
-      const skipped = c.cursor > u.cursor
+      // A cursor beyond what this uplink's forwarder acknowledged was moved by policy (drop-oldest, TTL, lag).
+      const skipped = c.cursor > u.cursor && c.cursor > (this.ackedTo.get(c.slot) ?? 0)
       u.backlogEvents = c.events
       u.backlogBytes = c.bytes
       u.cursor = Math.max(u.cursor, c.cursor)
@@ -289,6 +292,7 @@ export class Store extends EventEmitter<StoreEvents> {
       u.backlogEvents = Math.max(0, u.backlogEvents - events)
       u.backlogBytes = Math.max(0, u.backlogBytes - bytes)
     }
+    this.ackedTo.set(slot, Math.max(this.ackedTo.get(slot) ?? 0, seq))
     this.acks.push({ slot, seq })
     return this.waitCommit()
   }
