@@ -99,7 +99,19 @@ test('under random 500s, hangs, resets and repeated kill -9, every acknowledged 
     const got = new Set(events.map(e => (e.data as { n: number }).n))
     return [...pub.acked].every(n => got.has(n))
   }
-  await waitFor(() => all(http.events) && all(rpc.events), 'every acked counter at both receivers', 40_000)
+  try {
+    await waitFor(() => all(http.events) && all(rpc.events), 'every acked counter at both receivers', 90_000)
+  } catch (err) {
+    // Say what is missing where, and what the gateway thinks, so a failure can be told from slowness.
+    const missing = (events: readonly Arrival[]): number[] => {
+      const got = new Set(events.map(e => (e.data as { n: number }).n))
+      return [...pub.acked].filter(n => !got.has(n)).sort((a, b) => a - b)
+    }
+    const uplinks = await (await gw.admin('/api/v1/uplinks')).text().catch((e: Error) => e.message)
+    const mh = missing(http.events)
+    const mg = missing(rpc.events)
+    throw new Error(`${(err as Error).message}; missing at http ${mh.length} (first ${mh.slice(0, 10).join(',')}), at grpc ${mg.length} (first ${mg.slice(0, 10).join(',')}); seen by http at all: ${mh.filter(n => httpArrivals.some(e => (e.data as { n: number }).n === n)).length}; uplinks ${uplinks}`)
+  }
   const dupHttp = check('http', httpArrivals, pub.acked)
   const dupGrpc = check('grpc', grpcArrivals, pub.acked)
   t.diagnostic(`${rounds} kill -9 rounds: ${pub.acked.size} acked of ${pub.next} sent; duplicates http ${dupHttp}, grpc ${dupGrpc}`)
