@@ -20,7 +20,10 @@ if (files.length === 0) {
   process.stderr.write('no test files found\n')
   process.exit(1)
 }
-const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=120000', ...files], {
+// --test-timeout bounds a whole test file too (each file is one test of the runner): some files run
+// several real gateways one after another and need minutes on a loaded 2-core machine. A stuck test
+// is still caught by its own waitFor deadlines.
+const result = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...files], {
   stdio: 'inherit',
   env: { ...process.env, NODE_ENV: 'test' },
 })
