@@ -1,7 +1,7 @@
 // The one path every device message takes: decode → identify → map → stamp → append.
 // Everything before store.append() is synchronous, so within one device connection the order of
 // arrival is the order of the log (DESIGN.md promise 3).
-import { createHash } from 'node:crypto'
+import crypto from 'node:crypto'
 import type { Clock, IdGenerator } from './clock.js'
 import type { DecoderRegistry, DecodeResult } from './decoders/index.js'
 import { APPLICATION_PROTOBUF, decodeLenient } from './decoders/index.js'
@@ -24,6 +24,8 @@ export interface IngestMessage {
   canRefuse: boolean
   traceparent?: string | undefined
   dedupKey?: Uint8Array | undefined
+  /** The payload's fingerprint, when the key is a number the sender may reuse for another message. */
+  dedupFp?: Uint8Array | undefined
   /** Look the key up before storing (a retransmission is possible). */
   dedupCheck?: boolean | undefined
   /**
@@ -52,17 +54,53 @@ export interface IngestOptions {
   rules?: Rules | undefined
 }
 
-/** A 16-byte dedup key from its parts; parts are length-prefixed so no two tuples collide. */
-export function dedupKey (...parts: ReadonlyArray<string | number | Uint8Array>): Uint8Array {
-  const h = createHash('sha256')
-  for (const p of parts) {
-    const b = typeof p === 'string' ? Buffer.from(p) : typeof p === 'number' ? Buffer.from(String(p)) : p
-    const len = Buffer.alloc(4)
-    len.writeUInt32BE(b.byteLength)
-    h.update(len)
-    h.update(b)
+const latin1 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1')
+
+const SCOPE_BYTES = 8
+const FINGERPRINT_BYTES = 8
+const STRING_ID_BYTES = 16
+
+function sha256 (data: Uint8Array): Buffer {
+  return crypto.hash('sha256', data, 'buffer')
+}
+
+/**
+ * Who may retransmit (protocol and sender: MQTT client id, CoAP endpoint, device), as the 8 bytes a
+ * dedup key starts with. Keys of one sender then sit side by side in the store's dedup index, and with
+ * increasing message numbers a commit touches a few index pages instead of one page per event (random
+ * keys made the index the costliest write of a commit). Parts are length-prefixed so no two collide.
+ */
+export function dedupScope (...parts: ReadonlyArray<string>): Uint8Array {
+  const bufs = parts.map(p => Buffer.from(p))
+  const joined = Buffer.alloc(bufs.reduce((n, b) => n + 4 + b.byteLength, 0))
+  let at = 0
+  for (const b of bufs) {
+    at = joined.writeUInt32BE(b.byteLength, at)
+    at += b.copy(joined, at)
   }
-  return h.digest().subarray(0, 16)
+  return new Uint8Array(sha256(joined).subarray(0, SCOPE_BYTES))
+}
+
+/**
+ * A dedup key: scope ‖ the sender's message number (4 bytes big-endian, so one sender's consecutive
+ * numbers are neighbours; a string id is hashed to 16 bytes). A number that the protocol lets the sender
+ * reuse (MQTT packet ids, CoAP message IDs) replaces its entry, so the dedup table stays as small as the
+ * senders' id spaces; the payload's fingerprint (dedupFingerprint) tells a retransmission from a new
+ * message. The key owns its ArrayBuffer: a view into Node's shared buffer pool would copy the whole pool
+ * slab to the writer thread.
+ */
+export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8Array {
+  const idBytes = typeof messageId === 'number' ? 4 : STRING_ID_BYTES
+  const key = new Uint8Array(scope.byteLength + idBytes)
+  key.set(scope, 0)
+  if (typeof messageId === 'number') new DataView(key.buffer).setUint32(scope.byteLength, messageId >>> 0)
+  else key.set(sha256(Buffer.from(messageId)).subarray(0, STRING_ID_BYTES), scope.byteLength)
+  return key
+}
+
+/** The first 8 bytes of the payload's SHA-256, kept beside a dedup key whose number may be reused. */
+export function dedupFingerprint (payload: Uint8Array): Uint8Array {
+  return new Uint8Array(sha256(payload).subarray(0, FINGERPRINT_BYTES))
 }
 
 export class Ingest {
@@ -72,7 +110,7 @@ export class Ingest {
 
   /** Throws GG_ERR_PAYLOAD_INVALID synchronously-rejected when the payload is refused; nothing is stored then. */
   ingest (msg: IngestMessage): Promise<IngestResult> {
-    const key = msg.dedupKey === undefined ? undefined : Buffer.from(msg.dedupKey).toString('base64')
+    const key = msg.dedupKey === undefined ? undefined : latin1(msg.dedupKey) + (msg.dedupFp === undefined ? '' : latin1(msg.dedupFp))
     if (key !== undefined && msg.dedupCheck === true) {
       // A retry that arrives while the first commit is in progress waits for it (DESIGN.md
       // "Deduplication at ingest"); if that commit failed, the retry is stored itself.
@@ -103,11 +141,13 @@ export class Ingest {
       body: encodeEvent(event),
       eventId: event.id,
       ...(msg.dedupKey === undefined ? {} : { dedupKey: msg.dedupKey, dedupCheck: msg.dedupCheck === true }),
+      ...(msg.dedupFp === undefined ? {} : { dedupFp: msg.dedupFp }),
     }
-    const first = this.o.store.append(item)
+    // The event rides along for the store's in-memory tail: forwarders render it without decoding the body.
+    const first = this.o.store.append(item, event)
     const appended = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
       ? first
-      : first.catch((err: unknown) => this.waitForSpace(err, item, msg, Date.now() + msg.fullWaitMs!))
+      : first.catch((err: unknown) => this.waitForSpace(err, item, event, msg, Date.now() + msg.fullWaitMs!))
     const p = appended.then((r) => {
       if (r.duplicate) {
         this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
@@ -129,7 +169,7 @@ export class Ingest {
   }
 
   /** Retries an append refused for a full store each time the store reports space, until the deadline. */
-  private async waitForSpace (err: unknown, item: Parameters<Store['append']>[0], msg: IngestMessage, deadline: number): Promise<Awaited<ReturnType<Store['append']>>> {
+  private async waitForSpace (err: unknown, item: Parameters<Store['append']>[0], event: GridEvent, msg: IngestMessage, deadline: number): Promise<Awaited<ReturnType<Store['append']>>> {
     let last = err
     while (last instanceof StoreFullError) {
       const left = deadline - Date.now()
@@ -142,7 +182,7 @@ export class Ingest {
       if (msg.abandoned?.() === true) throw new GridgateError('GG_ERR_STORE_FULL', 'the device went away while the store was full; the event was not stored')
       if (Date.now() >= deadline && this.o.store.full) break
       try {
-        return await this.o.store.append(item)
+        return await this.o.store.append(item, event)
       } catch (e) {
         last = e
       }

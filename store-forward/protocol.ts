@@ -1,7 +1,7 @@
 // Messages between the main thread and the SQLite worker threads. The main thread never touches
 // SQLite (DESIGN.md, promise 6): every read and write is one of these requests.
 
-export const SCHEMA_VERSION = 2
+export const SCHEMA_VERSION = 3
 
 /** Test-only fault switches, shared with the writer through a SharedArrayBuffer (Int32Array slots). */
 export const FaultSlot = {
@@ -60,6 +60,11 @@ export interface AppendItem {
   eventId: string
   /** Dedup key (bytes); recorded with the event for store.dedupWindow. */
   dedupKey?: Uint8Array
+  /**
+   * The payload's fingerprint, kept with the key: a key is the sender's reusable message number, so a
+   * hit is a retransmission only when the fingerprints match, and a new message replaces the old entry.
+   */
+  dedupFp?: Uint8Array
   /** Look the key up first and answer with the original outcome if it is there. */
   dedupCheck?: boolean
 }
@@ -70,6 +75,66 @@ export type AppendResult =
 
 /** The writer's answer per append: stored, a duplicate, or refused because the store is full (reject-new). */
 export type WriterAppendResult = AppendResult | { refused: 'GG_ERR_STORE_FULL' }
+
+/**
+ * One commit's appends as two transferable buffers and the event ids: structured-cloning an array of
+ * items copies every body's whole backing ArrayBuffer (Node's 8 KiB pool slab for small ones) and
+ * allocates per item on both threads; this moves one buffer of bodies, keys and fingerprints instead.
+ */
+export interface PackedAppends {
+  /** Per item: ingestMs, routes, bodyLen, keyLen (-1 = none), fpLen (-1 = none), dedupCheck (0/1). */
+  meta: Float64Array
+  /** Per item: body ‖ key ‖ fp, back to back. */
+  data: Uint8Array
+  eventIds: string[]
+}
+
+const META_FIELDS = 6
+
+export function packAppends (items: readonly AppendItem[]): PackedAppends {
+  let size = 0
+  for (const a of items) size += a.body.byteLength + (a.dedupKey?.byteLength ?? 0) + (a.dedupFp?.byteLength ?? 0)
+  const meta = new Float64Array(items.length * META_FIELDS)
+  const data = new Uint8Array(size)
+  const eventIds = new Array<string>(items.length)
+  let at = 0
+  for (let i = 0; i < items.length; i++) {
+    const a = items[i]!
+    const m = i * META_FIELDS
+    meta[m] = a.ingestMs
+    meta[m + 1] = a.routes
+    meta[m + 2] = a.body.byteLength
+    meta[m + 3] = a.dedupKey === undefined ? -1 : a.dedupKey.byteLength
+    meta[m + 4] = a.dedupFp === undefined ? -1 : a.dedupFp.byteLength
+    meta[m + 5] = a.dedupCheck === true ? 1 : 0
+    data.set(a.body, at)
+    at += a.body.byteLength
+    if (a.dedupKey !== undefined) { data.set(a.dedupKey, at); at += a.dedupKey.byteLength }
+    if (a.dedupFp !== undefined) { data.set(a.dedupFp, at); at += a.dedupFp.byteLength }
+    eventIds[i] = a.eventId
+  }
+  return { meta, data, eventIds }
+}
+
+/** The items again, their bytes views into the one transferred buffer (no copy). */
+export function unpackAppends (p: PackedAppends): AppendItem[] {
+  const out: AppendItem[] = new Array(p.eventIds.length)
+  const { meta, data } = p
+  let at = data.byteOffset
+  const view = (len: number): Uint8Array => {
+    const v = new Uint8Array(data.buffer, at, len)
+    at += len
+    return v
+  }
+  for (let i = 0; i < out.length; i++) {
+    const m = i * META_FIELDS
+    const item: AppendItem = { ingestMs: meta[m]!, routes: meta[m + 1]!, body: view(meta[m + 2]!), eventId: p.eventIds[i]! }
+    if (meta[m + 3]! >= 0) { item.dedupKey = view(meta[m + 3]!); item.dedupCheck = meta[m + 5] === 1 }
+    if (meta[m + 4]! >= 0) item.dedupFp = view(meta[m + 4]!)
+    out[i] = item
+  }
+  return out
+}
 
 /** Per-uplink counters as the writer keeps them, sent with every reply that may change them. */
 export interface UplinkCounts { slot: number, cursor: number, events: number, bytes: number }
@@ -158,7 +223,7 @@ export interface RetainedRow { topic: string, payload: Uint8Array, qos: number, 
 export type Request =
   | { op: 'init', uplinks: UplinkInit[], nowMs: number }
   // `retained`: retained-message writes that share the group commit's transaction.
-  | { op: 'commit', appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained?: RetainedRow[] }
+  | { op: 'commit', appends: PackedAppends, acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained?: RetainedRow[] }
   | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
   | { op: 'stats' }
   | { op: 'maintain', nowMs: number, steps: ClockStep[] }

@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
-  SCHEMA_VERSION, FaultSlot,
+  SCHEMA_VERSION, FaultSlot, unpackAppends,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
   type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
@@ -130,7 +130,19 @@ CREATE TABLE devices (
   updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 `,
+  // 2 → 3: a dedup key is the sender's message number (MQTT packet id, CoAP MID) without the payload,
+  // so a reused number replaces its entry and the table stays as small as the senders' id spaces; the
+  // payload's fingerprint is kept beside it to tell a retransmission from a new message.
+  `
+ALTER TABLE dedup ADD COLUMN fp BLOB;
+`,
 ]
+
+/** A stored entry's payload fingerprint against a retry's (none on either side = keys alone decide). */
+function sameFingerprint (stored: Uint8Array | null, retry: Uint8Array | undefined): boolean {
+  if (stored === null || retry === undefined) return stored === null && retry === undefined
+  return Buffer.compare(stored, retry) === 0
+}
 
 function sqliteCode (err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined
@@ -264,8 +276,8 @@ class Writer {
       insert: db.prepare('INSERT INTO events (ingest_ms, routes, size, body) VALUES (?, ?, ?, ?)'),
       deleteOne: db.prepare('DELETE FROM events WHERE seq = ?'),
       insertedSeq: db.prepare('SELECT last_insert_rowid()').pluck(),
-      dedupGet: db.prepare('SELECT seq, event_id AS eventId FROM dedup WHERE key = ? AND at_ms >= ?'),
-      dedupPut: db.prepare('INSERT OR REPLACE INTO dedup (key, seq, event_id, at_ms) VALUES (?, ?, ?, ?)'),
+      dedupGet: db.prepare('SELECT seq, event_id AS eventId, fp FROM dedup WHERE key = ? AND at_ms >= ?'),
+      dedupPut: db.prepare('INSERT OR REPLACE INTO dedup (key, seq, event_id, at_ms, fp) VALUES (?, ?, ?, ?, ?)'),
       dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE at_ms < ? ORDER BY at_ms LIMIT ?)'),
       setCursor: db.prepare('UPDATE uplinks SET cursor = ? WHERE slot = ? AND cursor < ?'),
       deleteRange: db.prepare('DELETE FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) = 0'),
@@ -377,8 +389,8 @@ class Writer {
       const windowStart = nowMs - init.dedupWindowMs
       for (const a of appends) {
         if (a.dedupKey !== undefined && a.dedupCheck === true) {
-          const hit = s.dedupGet.get(a.dedupKey, windowStart) as { seq: number, eventId: string } | undefined
-          if (hit !== undefined) {
+          const hit = s.dedupGet.get(a.dedupKey, windowStart) as { seq: number, eventId: string, fp: Uint8Array | null } | undefined
+          if (hit !== undefined && sameFingerprint(hit.fp, a.dedupFp)) {
             results.push({ seq: hit.seq, duplicate: true, eventId: hit.eventId })
             continue
           }
@@ -397,7 +409,7 @@ class Writer {
             if ((a.routes & 2 ** slot) !== 0) { u.events++; u.bytes += a.body.byteLength }
           }
         }
-        if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs)
+        if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs, a.dedupFp ?? null)
         results.push({ seq, duplicate: false })
       }
       for (const d of deadLetters) {
@@ -991,7 +1003,7 @@ function handle (req: Request): unknown {
     }
     case 'commit': {
       if (writer === null) throw new Error('commit on a reader')
-      return writer.commit(req.appends, req.acks, req.deadLetters, req.floorMs, req.nowMs, req.retained)
+      return writer.commit(unpackAppends(req.appends), req.acks, req.deadLetters, req.floorMs, req.nowMs, req.retained)
     }
     case 'maintain':
       if (writer === null) throw new Error('maintain on a reader')

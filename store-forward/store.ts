@@ -6,7 +6,7 @@ import type { Logger } from 'pino'
 import { GridgateError } from '../gateway/errors.js'
 import { WorkerClient } from './worker-client.js'
 import {
-  FAULT_SLOTS, FaultSlot,
+  FAULT_SLOTS, FaultSlot, packAppends,
   type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
   type StoredRow, type StatsResult, type UplinkState, type UplinkInit, type QuotaInit, type ClockStep,
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
@@ -14,6 +14,8 @@ import {
 } from './protocol.js'
 import type { DeviceRow } from './protocol.js'
 import { Router } from './route.js'
+import { RecentTail, type TailRow } from './tail.js'
+import type { GridEvent } from '../gateway/event.js'
 
 export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
 export type { RetainedRow, RetainedLoadResult }
@@ -60,7 +62,10 @@ export class StoreFullError extends GridgateError {
   }
 }
 
-interface Pending { item: AppendItem, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
+interface Pending { item: AppendItem, event: GridEvent | undefined, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
+
+/** What the in-memory tail of newest events holds at most (store-forward/tail.ts). */
+const TAIL_LIMITS = { rows: 8192, bytes: 4 * 1024 * 1024 }
 
 export interface UplinkCounters {
   name: string
@@ -123,6 +128,10 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Highest sequence each uplink's forwarder acknowledged (by slot), to tell policy skips from deliveries. */
   private readonly ackedTo = new Map<number, number>()
   private router!: Router
+  private tail!: RecentTail
+  /** Pages served from the in-memory tail / read from SQLite (forwarders keeping up / catching up). */
+  tailReads = 0
+  storeReads = 0
 
   private readonly uplinkInits: UplinkInit[]
 
@@ -157,6 +166,7 @@ export class Store extends EventEmitter<StoreEvents> {
     }
     this.router = new Router([...this.uplinks.values()].map(u => ({ slot: u.slot, filter: this.uplinkInits.find(x => x.name === u.name)?.filter })))
     this.lastSeq = this.info.lastSeq
+    this.tail = new RecentTail(TAIL_LIMITS, this.lastSeq)
     await this.startReader()
     this.setReady(true)
     const every = this.opts.maintainIntervalMs ?? 1000
@@ -274,10 +284,10 @@ export class Store extends EventEmitter<StoreEvents> {
   }
 
   /** Resolves once the event is committed (or recognised as a duplicate within the dedup window). */
-  append (item: AppendItem): Promise<AppendResult> {
+  append (item: AppendItem, event?: GridEvent): Promise<AppendResult> {
     if (!this._ready) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE'))
     return new Promise((resolve, reject) => {
-      this.queue.push({ item, resolve, reject })
+      this.queue.push({ item, event, resolve, reject })
       this.schedule()
     })
   }
@@ -345,19 +355,21 @@ export class Store extends EventEmitter<StoreEvents> {
     this.retainedQueue = []
     this.committing = true
     const writer = this.writer
+    const appends = packAppends(batch.map(p => p.item))
     writer.request<CommitResult>({
       op: 'commit',
-      appends: batch.map(p => p.item),
+      appends,
       acks,
       deadLetters,
       floorMs: this.opts.floorMs(),
       nowMs: this.opts.now(),
       ...(retained.length === 0 ? {} : { retained: retained.map(r => r.row) }),
-    }).then(({ results, state }) => {
+    }, [appends.meta.buffer as ArrayBuffer, appends.data.buffer as ArrayBuffer]).then(({ results, state }) => {
       for (const r of retained) r.resolve()
       this.commits++
       this.emit('committed')
       let last = this.lastSeq
+      const fresh: TailRow[] = []
       for (let i = 0; i < batch.length; i++) {
         const r = results[i]!
         const p = batch[i]!
@@ -365,13 +377,17 @@ export class Store extends EventEmitter<StoreEvents> {
           p.reject(new StoreFullError())
           continue
         }
-        if (!r.duplicate) last = Math.max(last, r.seq)
+        if (!r.duplicate) {
+          last = Math.max(last, r.seq)
+          fresh.push({ seq: r.seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event: p.event })
+        }
         p.resolve(r)
       }
       this.applyState(state)
       for (const w of waiters) w.resolve()
       this.committing = false
       if (last > this.lastSeq) {
+        this.tail.append(this.lastSeq, last, fresh)
         this.lastSeq = last
         this.emit('appended', last)
       }
@@ -401,6 +417,17 @@ export class Store extends EventEmitter<StoreEvents> {
    * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
    */
   async readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    const recent = this.tail.read(slot, after, this.lastSeq, limit, maxBytes)
+    if (recent !== null) {
+      this.tailReads++
+      return recent
+    }
+    this.storeReads++
+    return this.readStoredPage(slot, after, limit, maxBytes)
+  }
+
+  /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
+  async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
     if (!this.reader.alive && !this.closing) {
       this.opts.log.warn({ code: 'GG_ERR_STORE_UNAVAILABLE' }, 'store reader thread exited; restarting it')
       await this.startReader()
@@ -439,6 +466,8 @@ export class Store extends EventEmitter<StoreEvents> {
     const r = await this.writer.request<{ replayed: number, skipped: number, lastSeq: number, state: WriterState }>({ op: 'dlqReplay', uplink, ids, ingestMs: this.opts.now() })
     this.applyState(r.state)
     if (r.lastSeq > this.lastSeq) {
+      // Replayed rows did not pass through the group commit: the tail no longer holds every new row.
+      this.tail.reset(r.lastSeq)
       this.lastSeq = r.lastSeq
       this.emit('appended', r.lastSeq)
     }

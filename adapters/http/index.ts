@@ -13,7 +13,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { Logger } from 'pino'
 import { ErrorCodes, GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord } from '../../gateway/identity.js'
-import { dedupKey, type Ingest } from '../../gateway/ingest.js'
+import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
 import type { DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { readPem } from '../mqtt/index.js'
@@ -206,7 +206,7 @@ export class HttpAdapter {
       canRefuse: true,
       traceparent: header(req, 'traceparent'),
       // The same key within store.dedupWindow gets the first answer; kept with the event, so it survives restarts.
-      dedupKey: idem === undefined ? undefined : dedupKey('http', device.id, idem),
+      dedupKey: idem === undefined ? undefined : dedupKey(dedupScope('http', device.id), idem),
       dedupCheck: idem !== undefined,
     })
     this.inflight.add(p)

@@ -12,7 +12,7 @@ import type { Logger } from 'pino'
 import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
-import { dedupKey, type Ingest } from '../../gateway/ingest.js'
+import { dedupFingerprint, dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { BrokerPersistence, type RetainedBackend } from './persistence.js'
 import { GridgateBroker } from './broker.js'
@@ -88,6 +88,8 @@ export class MqttAdapter implements DeviceAdapter {
   private closed = false
   private readonly sessions = new WeakMap<Client, Session>()
   private readonly inflight = new Set<Promise<unknown>>()
+  /** Each connection's dedup scope, hashed once (its client id does not change). */
+  private readonly scopes = new WeakMap<Client, Uint8Array>()
   private readonly sockets = new Set<Duplex>()
   private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
   private readonly anonymous: DeviceRecord = {
@@ -98,6 +100,15 @@ export class MqttAdapter implements DeviceAdapter {
   }
 
   constructor (private readonly o: MqttAdapterOptions) {}
+
+  private scopeOf (client: Client): Uint8Array {
+    let scope = this.scopes.get(client)
+    if (scope === undefined) {
+      scope = dedupScope('mqtt', client.id)
+      this.scopes.set(client, scope)
+    }
+    return scope
+  }
 
   address (): AddressInfo { return this.server.address() as AddressInfo }
   tlsAddress (): AddressInfo | null { return (this.tlsServer?.address() as AddressInfo | null) ?? null }
@@ -305,7 +316,8 @@ export class MqttAdapter implements DeviceAdapter {
       canRefuse: v5,
       traceparent: typeof traceparent === 'string' ? traceparent : undefined,
       // Retransmissions: (broker client id, packet id, payload) within store.dedupWindow.
-      dedupKey: packet.qos > 0 ? dedupKey('mqtt', client.id, packet.messageId ?? 0, payload) : undefined,
+      dedupKey: packet.qos > 0 ? dedupKey(this.scopeOf(client), packet.messageId ?? 0) : undefined,
+      dedupFp: packet.qos > 0 ? dedupFingerprint(payload) : undefined,
       dedupCheck: packet.qos === 2 || packet.dup === true,
       // MQTT 3.1.1 cannot refuse one publish: while the store is full the ack is withheld up to
       // store.rejectWait, then the connection is closed without it. MQTT 5 answers 0x97 at once.

@@ -106,7 +106,7 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
     // renderJsonBatch's output, rendered in slices so device traffic is served in between.
     let text = '['
     await inSlices(batch.events, (e, i) => {
-      text += (i === 0 ? '' : ',') + renderJson(decodeEvent(e.body), batch.storeId, e.seq)
+      text += (i === 0 ? '' : ',') + renderJson(e.event ?? decodeEvent(e.body), batch.storeId, e.seq)
     })
     const json = Buffer.from(text + ']', 'utf8')
     if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
@@ -126,27 +126,33 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       const body = await prepared(batch, render)
       const headers: Record<string, string> = { ...baseHeaders, 'idempotency-key': `${batch.storeId}:${first.seq}-${last.seq}` }
       if (body.gzipped) headers['content-encoding'] = 'gzip'
-      let res: Dispatcher.ResponseData
+      // The deadline is a timer this call holds, not AbortSignal.any([signal, AbortSignal.timeout()]):
+      // on Node 20 the timeout signal inside a composite can be garbage-collected before it fires
+      // (nodejs/node#57736), and a receiver that never answers then stalls the uplink for good.
+      // It covers the response body too.
+      const deadline = new AbortController()
+      let timedOut = false
+      const timer = setTimeout(() => { timedOut = true; deadline.abort() }, opts.timeoutMs)
+      const onStop = (): void => deadline.abort(signal.reason)
+      if (signal.aborted) onStop()
+      else signal.addEventListener('abort', onStop, { once: true })
       try {
-        res = await request(target, {
-          method: 'POST',
-          headers,
-          body: body.bytes,
-          dispatcher: agent,
-          signal: AbortSignal.any([signal, AbortSignal.timeout(opts.timeoutMs)]),
-        })
+        const res = await request(target, { method: 'POST', headers, body: body.bytes, dispatcher: agent, signal: deadline.signal })
+        const status = res.statusCode
+        const ok = status >= 200 && status < 300
+        let reason = ''
+        // The status decides: a 2xx whose body breaks off (or outlasts the deadline) was accepted.
+        if (ok) await res.body.dump().catch(() => undefined)
+        else reason = `HTTP ${status} ${await shortBody(res.body)}`.trim()
+        return classifyStatus(status, reason, parseRetryAfter(header(res.headers, 'retry-after')))
       } catch (err) {
         const e = err as Error & { code?: string, cause?: { code?: string } }
-        const timedOut = e.name === 'TimeoutError' || (e.cause as { name?: string } | undefined)?.name === 'TimeoutError'
         const reason = timedOut ? `timeout after ${opts.timeoutMs} ms` : (e.cause?.code ?? e.code ?? e.message)
         return { kind: 'retry', reason }
+      } finally {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', onStop)
       }
-      const status = res.statusCode
-      const ok = status >= 200 && status < 300
-      let reason = ''
-      if (ok) await res.body.dump().catch(() => undefined)
-      else reason = `HTTP ${status} ${await shortBody(res.body)}`.trim()
-      return classifyStatus(status, reason, parseRetryAfter(header(res.headers, 'retry-after')))
     },
     async close () {
       // Called once the forwarder has stopped: nothing is in flight, idle sockets go at once.

@@ -11,7 +11,7 @@ import { WebSocketServer, createWebSocketStream, type WebSocket, type RawData } 
 import type { Logger } from 'pino'
 import { isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord } from '../../gateway/identity.js'
-import { dedupKey, type Ingest, type IngestResult } from '../../gateway/ingest.js'
+import { dedupKey, dedupScope, type Ingest, type IngestResult } from '../../gateway/ingest.js'
 import { parseMediaType, type DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { bearerCredential, parseCredential, supportsContentType, type Credential, type DeviceAuth } from '../http/auth.js'
@@ -262,7 +262,7 @@ export class WebSocketAdapter {
         canRefuse: true,
         traceparent,
         // A resent id within store.dedupWindow gets the original ack.
-        dedupKey: dedupKey('ws', device.id, id),
+        dedupKey: dedupKey(dedupScope('ws', device.id), id),
         dedupCheck: true,
       }),
     }

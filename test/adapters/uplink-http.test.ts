@@ -1,6 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import { classifyStatus, parseRetryAfter, createHttpSink } from '../../adapters/uplink-http/index.js'
 import { backoffDelay } from '../../store-forward/forwarder.js'
 import { encodeEvent } from '../../gateway/event.js'
@@ -45,6 +47,27 @@ test('a request that hangs past the timeout is a retry, not a delivery', async (
   const outcome = await sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, new AbortController().signal)
   assert.equal(outcome.kind, 'retry')
   assert.match((outcome as { reason: string }).reason, /timeout/)
+})
+
+test('the timeout fires even when garbage collection runs while the request hangs (nodejs/node#57736)', async (t) => {
+  // AbortSignal.any([signal, AbortSignal.timeout(ms)]) never fired here once a GC ran in between,
+  // which left an uplink "sending" for good under load.
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  const rx = await startReceiver(t)
+  rx.respond = () => 'hang'
+  const sink = createHttpSink({ url: rx.url, timeoutMs: 300 })
+  t.after(() => sink.close())
+  const body = encodeEvent({ id: 'a', source: '/s', type: 't', subject: 'devices/d/x', time: new Date().toISOString(), extensions: {} })
+  const collect = setInterval(gc, 20)
+  t.after(() => clearInterval(collect))
+  const outcome = await Promise.race([
+    sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, new AbortController().signal),
+    new Promise<null>(resolve => setTimeout(() => resolve(null), 5000)),
+  ])
+  assert.notEqual(outcome, null, 'the send was still hanging 5 s after its 300 ms timeout')
+  assert.equal(outcome!.kind, 'retry')
+  assert.match((outcome as { reason: string }).reason, /timeout after 300 ms/)
 })
 
 test('a 429 with Retry-After is waited out before the batch is sent again', async (t) => {

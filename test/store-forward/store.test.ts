@@ -112,6 +112,55 @@ test('a dedup key answers a retransmission with the original outcome, also after
   assert.equal((await s2.stats()).events, 1)
 })
 
+test('a reused dedup key with another fingerprint is a new event and replaces the entry; the same fingerprint is a retransmission', async (t) => {
+  const s = await open(t, tempDir(t))
+  const key = new Uint8Array(12).fill(3)
+  const fp = (n: number): Uint8Array => new Uint8Array(8).fill(n)
+  const first = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('a'), eventId: 'id-1', dedupKey: key, dedupFp: fp(1) })
+  // The sender reused its message number for another payload (MQTT: the packet id was acknowledged).
+  const other = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('b'), eventId: 'id-2', dedupKey: key, dedupFp: fp(2), dedupCheck: true })
+  assert.equal(other.duplicate, false)
+  assert.notEqual(other.seq, first.seq)
+  // A retransmission of the newer message is recognised; the older one's entry was replaced.
+  const retry = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('b'), eventId: 'id-3', dedupKey: key, dedupFp: fp(2), dedupCheck: true })
+  assert.deepEqual(retry, { seq: other.seq, duplicate: true, eventId: 'id-2' })
+  const old = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('a'), eventId: 'id-4', dedupKey: key, dedupFp: fp(1), dedupCheck: true })
+  assert.equal(old.duplicate, false)
+  // A key stored without a fingerprint matches only a retry without one.
+  const plain = new Uint8Array(12).fill(4)
+  await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('c'), eventId: 'id-5', dedupKey: plain })
+  assert.equal((await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('c'), eventId: 'id-6', dedupKey: plain, dedupFp: fp(5), dedupCheck: true })).duplicate, false)
+  assert.equal((await s.stats()).events, 5)
+})
+
+test('pages served from the in-memory tail equal the pages SQLite returns, for every uplink, offset and limit', async (t) => {
+  const s = await open(t, tempDir(t), { uplinks: ['a', 'b', 'c'] })
+  const slots = [...s.uplinks.values()].map(u => u.slot)
+  const now = Date.now()
+  // Varying routes (one uplink, two, all, none) and sizes, over several commits.
+  for (let round = 0; round < 5; round++) {
+    await Promise.all(Array.from({ length: 40 }, (_, i) => {
+      const n = round * 40 + i
+      const routes = [0, 1, 2, 4, 3, 5, 7][n % 7]!
+      return s.append({ ingestMs: now + n, routes, body: Buffer.alloc(10 + (n * 37) % 300, n), eventId: `id-${n}` })
+    }))
+  }
+  const strip = (rows: ReadonlyArray<{ seq: number, ingestMs: number, body: Uint8Array }>): unknown[] => rows.map(r => [r.seq, r.ingestMs, Buffer.from(r.body).toString('hex')])
+  let compared = 0
+  for (const slot of slots) {
+    for (const after of [0, 1, 17, 60, 121, 199, s.lastSeq]) {
+      for (const [limit, maxBytes] of [[500, 1 << 20], [7, 1 << 20], [500, 900], [3, 1]]) {
+        const fromTail = await s.readPage(slot, after, limit!, maxBytes!)
+        const fromDb = await s.readStoredPage(slot, after, limit!, maxBytes!)
+        assert.deepEqual(strip(fromTail), strip(fromDb), `slot ${slot} after ${after} limit ${limit} maxBytes ${maxBytes}`)
+        compared++
+      }
+    }
+  }
+  assert.ok(s.tailReads >= compared, 'every page came from the tail')
+  assert.equal(s.storeReads, 0)
+})
+
 test('a dedup key outside the window is not a duplicate', async (t) => {
   let now = Date.now()
   const s = await open(t, tempDir(t), { dedupWindowMs: 1000, now: () => now })
@@ -245,7 +294,7 @@ test('a version 1 store is migrated to the current schema in place, its events k
   await s1.close()
   // Make it look like a store written before the migration.
   const db = new Database(path.join(dir, 'gridgate.db'))
-  db.exec('DROP TABLE retained; DROP TABLE devices')
+  db.exec('DROP TABLE retained; DROP TABLE devices; ALTER TABLE dedup DROP COLUMN fp')
   db.pragma('user_version = 1')
   db.close()
   const s2 = await open(t, dir)
