@@ -33,6 +33,8 @@ export type ForwarderState = 'idle' | 'sending' | 'backoff' | 'rejected' | 'stop
 /** A page read ahead of the batch in flight: rows in (after, horizon] routed to this uplink. */
 interface Page { after: number, horizon: number, full: boolean, batch: SinkBatch }
 
+/** The shortest window a live batch collects arrivals over is batchMaxDelay divided by this. */
+const BATCH_WINDOW_DIVISOR = 4
 /** Weight of the newest sample in the round-trip average. */
 const EWMA = 0.2
 /** Shortest interval over which the arrival rate is sampled (ms). */
@@ -80,9 +82,13 @@ export class Forwarder {
     return this.o.sink.endpoints?.() ?? []
   }
 
-  /** Events per batch that keep up with arrivals at one request in flight (rate × round-trip). */
+  /**
+   * Events per batch that keep up with arrivals at one request in flight (rate × round-trip), and at
+   * least what arrives in a quarter of batchMaxDelay: with a receiver a millisecond away, batches of a
+   * handful of events cost a request each (main-thread time, a cursor commit) for no gain in latency.
+   */
   get batchTarget (): number {
-    const want = Math.ceil(this.ratePerMs * this.rttMs)
+    const want = Math.ceil(this.ratePerMs * Math.max(this.rttMs, this.o.batchMaxDelayMs / BATCH_WINDOW_DIVISOR))
     return Math.min(this.o.batchMaxEvents, Math.max(1, want))
   }
 

@@ -45,6 +45,8 @@ export interface StoreOptions {
 export const STORE_FILE = 'gridgate.db'
 /** Largest number of appends in one transaction; the rest wait for the next commit. */
 const MAX_APPENDS_PER_COMMIT = 10_000
+/** Longest a forwarder's cursor move waits for a commit with appends to share before it commits alone. */
+const ACK_COMMIT_DELAY_MS = 50
 /** Writer restarts allowed within RESTART_WINDOW before the store gives up. */
 const MAX_RESTARTS = 5
 const RESTART_WINDOW = 60_000
@@ -111,6 +113,7 @@ export class Store extends EventEmitter<StoreEvents> {
   private retainedQueue: Array<{ row: RetainedRow, resolve: () => void, reject: (e: Error) => void }> = []
   private committing = false
   private delayTimer: NodeJS.Timeout | null = null
+  private ackTimer: NodeJS.Timeout | null = null
   private restarts: number[] = []
   private closing = false
   private _ready = false
@@ -129,6 +132,8 @@ export class Store extends EventEmitter<StoreEvents> {
   private readonly ackedTo = new Map<number, number>()
   private router!: Router
   private tail!: RecentTail
+  /** Each uplink's latest read position: the tail keeps nothing every forwarder has read past. */
+  private readonly readFrom = new Map<number, number>()
   /** Pages served from the in-memory tail / read from SQLite (forwarders keeping up / catching up). */
   tailReads = 0
   storeReads = 0
@@ -304,7 +309,14 @@ export class Store extends EventEmitter<StoreEvents> {
     }
     this.ackedTo.set(slot, Math.max(this.ackedTo.get(slot) ?? 0, seq))
     this.acks.push({ slot, seq })
-    return this.waitCommit()
+    // A cursor move alone does not start a commit: it rides the next one that appends (a lost move
+    // only means a resend), or commits after ACK_COMMIT_DELAY_MS when no device traffic comes.
+    return new Promise((resolve, reject) => {
+      this.ackWaiters.push({ resolve, reject })
+      if (this.ackTimer === null) {
+        this.ackTimer = setTimeout(() => { this.ackTimer = null; this.schedule() }, ACK_COMMIT_DELAY_MS)
+      }
+    })
   }
 
   deadLetter (item: DeadLetterItem): Promise<void> {
@@ -417,6 +429,11 @@ export class Store extends EventEmitter<StoreEvents> {
    * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
    */
   async readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    // A forwarder never reads below its position again (a retried batch keeps its own rows).
+    this.readFrom.set(slot, Math.max(this.readFrom.get(slot) ?? 0, after))
+    let floor = Infinity
+    for (const u of this.uplinks.values()) floor = Math.min(floor, this.readFrom.get(u.slot) ?? 0)
+    if (floor !== Infinity) this.tail.trimTo(floor)
     const recent = this.tail.read(slot, after, this.lastSeq, limit, maxBytes)
     if (recent !== null) {
       this.tailReads++
@@ -543,6 +560,7 @@ export class Store extends EventEmitter<StoreEvents> {
     }
     this.closing = true
     if (this.maintainTimer !== null) clearInterval(this.maintainTimer)
+    if (this.ackTimer !== null) clearTimeout(this.ackTimer)
     this.setReady(false)
     try {
       if (this.writer.alive) await this.writer.request({ op: 'close', clean: true, floorMs: this.opts.floorMs() })

@@ -79,6 +79,29 @@ export class RecentTail {
   }
 
   /**
+   * Forgets rows at or below `seq`: every forwarder has read past them. Rows kept only until they are
+   * read die young, which spares the garbage collector promoting a second of traffic to the old
+   * generation (measured: at 5,000 events/s that turned into a mark-compact every second or two).
+   */
+  trimTo (seq: number): void {
+    if (seq <= this.floor) return
+    while (this.size > 0 && this.rows[this.head]!.seq <= seq) {
+      const old = this.rows[this.head]!
+      this.rows[this.head] = undefined as unknown as TailRow
+      this.head++
+      this.bytes -= old.body.byteLength
+    }
+    this.floor = Math.min(seq, this.top)
+    if (this.size === 0) {
+      this.rows = []
+      this.head = 0
+    } else if (this.head >= COMPACT_AT && this.head * 2 >= this.rows.length) {
+      this.rows = this.rows.slice(this.head)
+      this.head = 0
+    }
+  }
+
+  /**
    * Rows routed to `slot` with after < seq <= upTo, at most `limit` and about `maxBytes` (the first row
    * always), exactly as the store's reader would answer; null when the tail does not hold that range.
    */

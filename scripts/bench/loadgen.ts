@@ -57,6 +57,8 @@ export interface LoadgenResult {
   msgsPerSec: number
   /** PUBLISH written → its PUBACK read. */
   ackMs: Percentiles
+  /** Without the first WARMUP_SECONDS (stats.ts); null for shorter runs. */
+  ackMsAfterWarmup: Percentiles | null
   timeline: TimelinePoint[]
   cpuSeconds: number
   /** CPU seconds per wall second while publishing: near 1 means this process saturated a core. */

@@ -6,7 +6,7 @@
 //   fork('dist/scripts/bench/receiver.js') → { ready, port } ; send { cmd: 'reset' | 'count' | 'report', id }
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { Recorder, invokedDirectly, stampsIn, wallMicros, type Percentiles, type TimelinePoint } from './stats.js'
+import { Recorder, WARMUP_SECONDS, invokedDirectly, stampsIn, wallMicros, type Percentiles, type TimelinePoint } from './stats.js'
 
 export interface ReceiverReport {
   id: number
@@ -14,6 +14,8 @@ export interface ReceiverReport {
   batches: number
   /** Send → arrival at the receiver, in ms. */
   latencyMs: Percentiles
+  /** Without the first WARMUP_SECONDS after the reset (stats.ts); null for shorter runs. */
+  latencyMsAfterWarmup: Percentiles | null
   /** Events per second arriving, with latency percentiles per second. */
   timeline: TimelinePoint[]
 }
@@ -45,7 +47,7 @@ async function main (): Promise<void> {
     } else if (m.cmd === 'count') {
       process.send?.({ id: m.id, events: rec.count })
     } else {
-      const report: ReceiverReport = { id: m.id, events: rec.count, batches, latencyMs: rec.summary(), timeline: rec.timeline() }
+      const report: ReceiverReport = { id: m.id, events: rec.count, batches, latencyMs: rec.summary(), latencyMsAfterWarmup: rec.summaryAfter(WARMUP_SECONDS), timeline: rec.timeline() }
       process.send?.(report)
     }
   })

@@ -6,7 +6,8 @@
 //                    [--data-dir DIR] [--no-mosquitto] [--profile] [--flash-commit-delay 100ms]
 //
 // Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side);
-// 2 fixed 5,000 msgs/s from 100 connections (PUBACK, device→cloud and event-loop delay p99);
+// 2 fixed 5,000 msgs/s from 100 connections (PUBACK, device→cloud and event-loop delay p99, also
+// without the first 2 s of JIT warm-up);
 // 3 10,000 idle subscribed connections (RSS); 4 drain of a backlog (scripts/drain-measure.ts);
 // 5 CoAP CON POST at saturation; 6 WebSocket JSON at saturation; 7 flash wear (bytes written and
 // fsyncs per event at 100 and 5,000 msgs/s, store.sync full and normal).
@@ -24,7 +25,7 @@ import type { LoadgenResult } from './loadgen.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
 import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
-import type { Percentiles } from './stats.js'
+import { WARMUP_SECONDS, type Percentiles } from './stats.js'
 import { freePort } from '../net.js'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
@@ -255,6 +256,9 @@ async function startMosquitto (bin: string, o: Options): Promise<Mosquitto> {
 
 // ---- sampling ------------------------------------------------------------------------------------
 
+/** prom-client's event-loop monitoring precision (its default; gateway/metrics.ts keeps it). */
+const EVENT_LOOP_RESOLUTION_MS = 10
+
 interface Sample { t: number, rssMiB: number, cpuPercent: number, eventLoopP99Ms: number | null }
 
 /** Once per second: the gateway's RSS and CPU from /proc, its event-loop delay p99 from /metrics. */
@@ -280,7 +284,10 @@ class Sampler {
     this.lastAt = now
     const m = this.admin === null ? null : await scrape(this.admin)
     const lag = m?.get('gridgate_nodejs_eventloop_lag_p99_seconds')
-    this.samples.push({ t: Number(((now - this.t0) / 1000).toFixed(1)), rssMiB: MiB(s.rss), cpuPercent: Math.round(cpu), eventLoopP99Ms: lag === undefined ? null : Number((lag * 1000).toFixed(2)) })
+    // prom-client's figure comes from monitorEventLoopDelay({ resolution: 10 }), which records the whole
+    // interval between its 10 ms timer's runs: an idle loop reads 10-11 ms. The delay is what exceeds it.
+    const delayMs = lag === undefined ? null : Math.max(0, lag * 1000 - EVENT_LOOP_RESOLUTION_MS)
+    this.samples.push({ t: Number(((now - this.t0) / 1000).toFixed(1)), rssMiB: MiB(s.rss), cpuPercent: Math.round(cpu), eventLoopP99Ms: delayMs === null ? null : Number(delayMs.toFixed(2)) })
   }
 
   stop (): Sample[] {
@@ -337,6 +344,8 @@ function combine (rs: LoadgenResult[]): LoadgenResult & { processes: number, per
     errors: rs.flatMap(r => r.errors).slice(0, 20),
     seconds,
     msgsPerSec: Math.round(acked / seconds),
+    // Percentiles do not add up: the worst process's steady-state p99 stands for all.
+    ackMsAfterWarmup: rs.every(r => r.ackMsAfterWarmup !== null) ? rs.map(r => r.ackMsAfterWarmup!).reduce((a, b) => (b.p99 > a.p99 ? b : a)) : null,
     ackMs: {
       count,
       p50: Number((rs.reduce((a, r) => a + r.ackMs.p50 * r.ackMs.count, 0) / count).toFixed(3)),
@@ -379,10 +388,11 @@ interface Ctx { o: Options, rx: Receiver, rxPid: number, charts: Panel[][] }
 /** Runs an MQTT load against a fresh gateway with an HTTP uplink and measures the whole path. */
 async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boolean): Promise<Record<string, unknown>> {
   const { o, rx } = ctx
-  await rx.reset()
   const gw = await startGateway(o, label, rx.url)
   try {
     await sleep(1000)
+    // Reset now, so the receiver's timeline starts with the load (its warm-up seconds are the load's).
+    await rx.reset()
     const idle = procSample(gw.pid)
     const m0 = await scrape(gw.admin)
     const sampler = new Sampler(gw.pid, gw.admin)
@@ -401,6 +411,7 @@ async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boole
     const report = await rx.report()
     const gu = usage(g0, g1)
     const lags = samples.map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null).sort((a, b) => a - b)
+    const samplesAfterWarmup = samples.filter(s => s.t > WARMUP_SECONDS + 0.5).map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null)
     const commits = commitsBetween(m0, m1)
     if (chart) {
       ctx.charts.push([
@@ -418,11 +429,18 @@ async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boole
       msgsPerSec: lg.msgsPerSec,
       pubackMs: lg.ackMs,
       deviceToCloudMs: report.latencyMs,
+      /** The same without the first WARMUP_SECONDS (JIT warm-up, connections coming up). */
+      afterWarmup: {
+        seconds: WARMUP_SECONDS,
+        pubackMs: lg.ackMsAfterWarmup,
+        deviceToCloudMs: report.latencyMsAfterWarmup,
+        eventLoopP99Ms: { max: Math.max(...samplesAfterWarmup), median: samplesAfterWarmup.sort((a, b) => a - b)[Math.floor(samplesAfterWarmup.length / 2)] ?? null },
+      },
       delivered: report.events,
       allDelivered,
       deliveredSeconds: Number(deliveredSeconds.toFixed(2)),
       uplinkBatches: report.batches,
-      eventLoopP99Ms: { max: lags.at(-1) ?? null, median: lags[Math.floor(lags.length / 2)] ?? null, samples: lags.length },
+      eventLoopP99Ms: { max: lags.at(-1) ?? null, median: lags[Math.floor(lags.length / 2)] ?? null, samples: lags.length, note: 'per 1 s window: p99 of monitorEventLoopDelay minus its 10 ms sampling interval' },
       gateway: {
         idleRssMiB: MiB(idle?.rss ?? 0),
         ...gu,
@@ -677,8 +695,8 @@ async function scenarioFlash (ctx: Ctx): Promise<Record<string, unknown>> {
 
 // ---- report --------------------------------------------------------------------------------------
 
-function fmtMs (p: Percentiles | undefined): string {
-  return p === undefined ? '-' : `${p.p50} / ${p.p99} / ${p.max}`
+function fmtMs (p: Percentiles | undefined | null): string {
+  return p === undefined || p === null ? '-' : `${p.p50} / ${p.p99} / ${p.max}`
 }
 
 function table (results: Record<string, Record<string, unknown>>, meta: Record<string, unknown>): string {
@@ -707,7 +725,9 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('2 fixed 5000 msgs/s, 100 connections', `achieved ${g.msgsPerSec} msgs/s`, `late ${g.loadgen.late}`)
     row('  PUBACK ms p50/p99/max (target p99 ≤ 20)', `gridgate ${fmtMs(g.pubackMs)}`, m === null ? '' : `mosquitto ${fmtMs(m.pubackMs)}`)
     row('  device→cloud ms p50/p99/max (p99 ≤ 50)', fmtMs(g.deviceToCloudMs))
-    row('  event-loop delay p99 ms (≤ 10)', `max of 1 s windows ${g.eventLoopP99Ms.max}`, `median ${g.eventLoopP99Ms.median}`)
+    row('  event-loop delay p99 ms (≤ 10)', `max of 1 s windows ${g.eventLoopP99Ms.max}`, `median ${g.eventLoopP99Ms.median}`, '(beyond the 10 ms sampling interval)')
+    const w = g.afterWarmup
+    row(`  without the first ${w.seconds} s: PUBACK`, fmtMs(w.pubackMs), `device→cloud ${fmtMs(w.deviceToCloudMs)}`, `event loop max ${w.eventLoopP99Ms.max} median ${w.eventLoopP99Ms.median}`)
     row('  gateway CPU µs/msg, RSS end/peak MiB', `${g.gateway.cpuPerMessageUs}`, `${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`)
   }
   const s3 = ok(results.idle)

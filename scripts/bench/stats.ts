@@ -78,6 +78,15 @@ export class Recorder {
 
   summary (): Percentiles { return summarize(this.buf.subarray(0, this.n)) }
 
+  /**
+   * The samples after the first `seconds` of the timeline: steady state, once the JIT has compiled
+   * the hot paths and the connections are up. Null when the run was not longer than that.
+   */
+  summaryAfter (seconds: number): Percentiles | null {
+    if (this.marks.length <= seconds) return null
+    return summarize(this.buf.subarray(this.marks[seconds - 1]!, this.n))
+  }
+
   timeline (): TimelinePoint[] {
     const out: TimelinePoint[] = []
     let from = 0
@@ -147,6 +156,9 @@ export function invokedDirectly (url: string): boolean {
 }
 
 /** A load generator's result from what every generator counts; `rate`, `late` and `connectSeconds` default to 0. */
+/** Seconds at the start of a run that the steady-state percentiles leave out (the totals keep them). */
+export const WARMUP_SECONDS = 2
+
 export function loadResult (
   o: { protocol: LoadgenResult['protocol'], connections: number, window: number, size: number, rate?: number },
   c: { sent: number, acked: number, late?: number, errors: string[], connectSeconds?: number, seconds: number, cpuSeconds: number, rec: Recorder },
@@ -165,6 +177,7 @@ export function loadResult (
     seconds: Number(c.seconds.toFixed(3)),
     msgsPerSec: c.seconds > 0 ? Math.round(c.acked / c.seconds) : 0,
     ackMs: c.rec.summary(),
+    ackMsAfterWarmup: c.rec.summaryAfter(WARMUP_SECONDS),
     timeline: c.rec.timeline(),
     cpuSeconds: Number(c.cpuSeconds.toFixed(3)),
     cpuUtilisation: c.seconds > 0 ? Number((c.cpuSeconds / c.seconds).toFixed(3)) : 0,
