@@ -161,7 +161,7 @@ async function main (): Promise<void> {
     devices: [{ id: 'sensor-1', token: 'sensor-1-measure-token' }],
     uplinks: [{ ...uplink, batchMaxEvents: o.batch, timeout: '10s', retry: { initialDelay: '100ms', maxDelay: '1s' } }],
   }))
-  const gw = await spawnGatewayProcess({ configFile: file, env: { PATH: process.env.PATH ?? '' } })
+  const gw = await spawnGatewayProcess({ configFile: file, env: { PATH: process.env.PATH ?? '', ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.NODE_OPTIONS }), ...(process.env.BENCH_PROFILE_DIR === undefined ? {} : { BENCH_PROFILE_DIR: process.env.BENCH_PROFILE_DIR }) } })
   const pid = gw.child.pid!
   try {
     log(`gateway pid ${pid}, uplink ${o.type} on port ${port} (down); building a backlog of ${o.events}`)

@@ -101,6 +101,9 @@ interface Request {
 
 const errorReply = (code: string, gg: ErrorCode, extra: Option[] = []): Reply => ({ code, options: extra, payload: Buffer.from(gg) })
 
+/** Receive buffer asked for on the CoAP socket (the kernel doubles it for bookkeeping and caps it). */
+const RECV_BUFFER_BYTES = 4 * 1024 * 1024
+
 export class CoapAdapter implements DeviceAdapter {
   private socket: dgram.Socket | null = null
   private accepting = false
@@ -160,6 +163,16 @@ export class CoapAdapter implements DeviceAdapter {
       })
     })
     socket.on('error', (err) => this.o.log.warn({ err: err.message }, 'coap socket error'))
+    // The kernel's default receive buffer (net.core.rmem_default, 208 KiB here) holds about 90 small
+    // datagrams: a few hundred confirmable requests in flight overflow it while a commit is under way,
+    // and every datagram lost costs its device a 2 s retransmission. Linux caps this at
+    // net.core.rmem_max without an error; the size granted is logged.
+    try {
+      socket.setRecvBufferSize(RECV_BUFFER_BYTES)
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'coap: could not enlarge the socket receive buffer')
+    }
+    this.o.log.debug({ recvBufferBytes: socket.getRecvBufferSize() }, 'coap socket receive buffer')
     this.socket = socket
     this.accepting = true
   }

@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import protobuf from 'protobufjs'
 import {
-  decodeEvent, encodeEvent, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence,
+  decodeDirect, decodeEvent, decodeEventReference, encodeEvent, encodeEventReference, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence,
   type EventData, type GridEvent,
 } from '../../gateway/event.js'
 import { embedProto, protoPath, protoSource } from '../../gateway/proto/index.js'
@@ -261,4 +261,64 @@ test('encodeProtoBatch is a CloudEventBatch of the events with their sequences',
     ['a', '00000000000000000001', STORE],
     ['b', '00000000000000000002', STORE],
   ])
+})
+
+test('the direct encoder writes exactly the bytes protobufjs writes, for every shape of event', () => {
+  const long = (n: number, unit: string): string => unit.repeat(n)
+  const base: GridEvent = { id: '0190b8c4-7c1e-7a8e-9f00-000000000001', source: '/gateways/gw/devices/d1', type: 'gridgate.telemetry', subject: 'devices/d1/telemetry', time: '2026-11-22T08:00:00.123Z', datacontenttype: 'application/json', data: { kind: 'json', text: '{"t":21.5}' }, extensions: { deviceid: 'd1', protocol: 'mqtt', gatewayid: 'gw' } }
+  const cases: GridEvent[] = [
+    base,
+    { ...base, subject: '' },
+    { ...base, datacontenttype: undefined, data: undefined } as unknown as GridEvent,
+    { ...base, data: { kind: 'binary', bytes: new Uint8Array([0, 1, 2, 255]) }, datacontenttype: 'application/octet-stream' },
+    { ...base, data: { kind: 'binary', bytes: new Uint8Array(0) } },
+    { ...base, data: { kind: 'text', text: '' } },
+    { ...base, data: { kind: 'text', text: 'grüße, 温度 🌡️' }, subject: 'devices/d1/温度/🌡️' },
+    { ...base, time: '1970-01-01T00:00:00.000Z' },
+    { ...base, time: '2262-04-11T23:47:16.854Z' },
+    { ...base, extensions: {} },
+    { ...base, extensions: { a: '', traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', normalizeerror: long(300, 'é') } },
+    // Lengths that need two- and three-byte varints.
+    { ...base, data: { kind: 'json', text: `"${long(200, 'x')}"` }, source: long(130, 's') },
+    { ...base, data: { kind: 'binary', bytes: new Uint8Array(70_000).fill(7) } },
+    { ...base, data: { kind: 'text', text: long(20_000, '€') } },
+  ]
+  for (const [i, ev] of cases.entries()) {
+    const direct = Buffer.from(encodeEvent(ev))
+    const reference = Buffer.from(encodeEventReference(ev))
+    assert.equal(direct.toString('hex'), reference.toString('hex'), `case ${i}`)
+    assert.deepEqual(decodeEvent(direct), decodeEventReference(reference), `case ${i} decodes the same both ways`)
+    assert.notEqual(decodeDirect(direct), null, `case ${i}: the direct decoder reads what the direct encoder writes`)
+  }
+  // Before 1970 (a negative int64) both are the general encoder's bytes.
+  const old = { ...base, time: '1969-12-31T23:59:59.500Z' }
+  assert.equal(Buffer.from(encodeEvent(old)).toString('hex'), Buffer.from(encodeEventReference(old)).toString('hex'))
+  assert.equal(decodeEvent(encodeEvent(old)).time, '1969-12-31T23:59:59.500Z')
+  assert.throws(() => encodeEvent({ ...base, extensions: { 'Bad-Name': 'x' } }), /invalid CloudEvents extension name/)
+  assert.throws(() => encodeEvent({ ...base, extensions: { time: 'x' } }), /invalid CloudEvents extension name/)
+})
+
+test('the direct decoder leaves every shape it does not write to protobufjs, with the same result', () => {
+  const root = protobuf.parse(protoSource('cloudevents.proto'), { keepCase: true }).root
+  for (const name of ['google/protobuf/any.proto', 'google/protobuf/timestamp.proto']) root.addJSON((protobuf.common as unknown as Record<string, { nested: Record<string, protobuf.AnyNestedObject> }>)[name]!.nested)
+  const CE = root.lookupType('io.cloudevents.v1.CloudEvent')
+  const foreign = [
+    { id: 'x', source: '/s', spec_version: '1.0', type: 't', attributes: { flag: { ce_boolean: false }, n: { ce_integer: -5 }, blob: { ce_bytes: Buffer.from('hi') }, uri: { ce_uri: 'https://e/x' }, ref: { ce_uri_ref: '/r' }, time: { ce_string: 'not a stamp' } }, text_data: 'hello' },
+    { id: 'y', source: '/s', spec_version: '1.0', type: 't', attributes: {}, proto_data: { type_url: 'type.googleapis.com/x.Y', value: Buffer.from([1, 2]) } },
+    { id: 'z', source: '/s', spec_version: '1.0', type: 't', attributes: { empty: {} } },
+  ]
+  for (const [i, m] of foreign.entries()) {
+    const bytes = CE.encode(CE.fromObject(m)).finish()
+    assert.deepEqual(decodeEvent(bytes), decodeEventReference(bytes), `foreign ${i}`)
+    assert.equal(decodeDirect(bytes), null, `foreign ${i} goes to protobufjs`)
+  }
+  // Unknown fields, repeated fields and truncation.
+  const ours = Buffer.from(encodeEvent({ id: 'a', source: '/s', type: 't', subject: 's', time: '2026-01-01T00:00:00.000Z', extensions: { deviceid: 'd' } }))
+  const unknown = Buffer.concat([ours, Buffer.from([0x4a, 0x01, 0x41])]) // field 9, length-delimited
+  assert.deepEqual(decodeEvent(unknown), decodeEventReference(unknown))
+  const repeated = Buffer.concat([ours, Buffer.from([0x0a, 0x01, 0x62])]) // id again: the last one wins
+  assert.deepEqual(decodeEvent(repeated), decodeEventReference(repeated))
+  assert.equal(decodeEvent(repeated).id, 'b')
+  assert.throws(() => decodeEvent(ours.subarray(0, ours.length - 3)), TypeError)
+  assert.throws(() => decodeEvent(Buffer.from([0xff, 0xff, 0xff])), TypeError)
 })
