@@ -1,6 +1,7 @@
 // Drain measurement: how fast a backlog left by an outage goes out while live traffic keeps flowing.
 //
 //   node dist/scripts/drain-measure.js --events 200000 [--rate 1000] [--type http|grpc] [--batch 500]
+//                                      [--settle 15]
 //
 // 1. spawns the real gateway (child process) with one uplink whose receiver is down;
 // 2. publishes --events messages over MQTT QoS1 (the backlog), waiting for every PUBACK;
@@ -36,6 +37,7 @@ function args () {
       type: { type: 'string', default: 'http' },
       batch: { type: 'string', default: '500' },
       keep: { type: 'boolean', default: false },
+      settle: { type: 'string', default: '0' },
       serve: { type: 'string' },
       port: { type: 'string' },
     },
@@ -46,7 +48,9 @@ function args () {
   if (!Number.isInteger(events) || events < 1) throw new Error(`--events: expected a positive integer, got ${values.events}`)
   if (!Number.isFinite(rate) || rate < 0) throw new Error(`--rate: expected msgs/s, got ${values.rate}`)
   if (values.type !== 'http' && values.type !== 'grpc') throw new Error(`--type: expected http or grpc, got ${values.type}`)
-  return { events, rate, type: values.type, batch, keep: values.keep === true, serve: values.serve, port: Number(values.port) }
+  const settle = Number(values.settle)
+  if (!Number.isFinite(settle) || settle < 0) throw new Error(`--settle: expected seconds, got ${values.settle}`)
+  return { events, rate, type: values.type, batch, keep: values.keep === true, serve: values.serve, port: Number(values.port), settleMs: settle * 1000 }
 }
 
 function procStatus (pid: number): { rss: number, hwm: number } {
@@ -161,13 +165,36 @@ async function main (): Promise<void> {
     devices: [{ id: 'sensor-1', token: 'sensor-1-measure-token' }],
     uplinks: [{ ...uplink, batchMaxEvents: o.batch, timeout: '10s', retry: { initialDelay: '100ms', maxDelay: '1s' } }],
   }))
-  const gw = await spawnGatewayProcess({ configFile: file, env: { PATH: process.env.PATH ?? '', ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.NODE_OPTIONS }), ...(process.env.BENCH_PROFILE_DIR === undefined ? {} : { BENCH_PROFILE_DIR: process.env.BENCH_PROFILE_DIR }) } })
-  const pid = gw.child.pid!
+  const env = { PATH: process.env.PATH ?? '', ...(process.env.NODE_OPTIONS === undefined ? {} : { NODE_OPTIONS: process.env.NODE_OPTIONS }), ...(process.env.BENCH_PROFILE_DIR === undefined ? {} : { BENCH_PROFILE_DIR: process.env.BENCH_PROFILE_DIR }) }
+  let gw = await spawnGatewayProcess({ configFile: file, env })
+  let pid = gw.child.pid!
   try {
+    // --settle: RSS with an empty store and with the whole backlog stored, each in a gateway left alone
+    // that long (V8 gives back start-up and ingest heap some seconds after allocation stops); for the
+    // second the gateway is restarted on the backlog, as after a reboot during an outage.
+    let emptySettled: ReturnType<typeof procStatus> | null = null
+    if (o.settleMs > 0) {
+      await sleep(o.settleMs)
+      emptySettled = procStatus(pid)
+      log(`empty store, settled: gateway RSS ${(emptySettled.rss / 2 ** 20).toFixed(1)} MiB`)
+    }
     log(`gateway pid ${pid}, uplink ${o.type} on port ${port} (down); building a backlog of ${o.events}`)
     const ingestRate = await backlog(gw.mqttPort, o.events)
     const afterBacklog = procStatus(pid)
     log(`backlog built at ${Math.round(ingestRate)} msgs/s; gateway RSS ${(afterBacklog.rss / 2 ** 20).toFixed(1)} MiB`)
+    let backlogSettled: ReturnType<typeof procStatus> | null = null
+    let backlogSettledAfterRestart: ReturnType<typeof procStatus> | null = null
+    if (o.settleMs > 0) {
+      await sleep(o.settleMs)
+      backlogSettled = procStatus(pid)
+      gw.child.kill('SIGTERM')
+      await gw.exited
+      gw = await spawnGatewayProcess({ configFile: file, env })
+      pid = gw.child.pid!
+      await sleep(o.settleMs)
+      backlogSettledAfterRestart = procStatus(pid)
+      log(`with the backlog, settled: ${(backlogSettled.rss / 2 ** 20).toFixed(1)} MiB; restarted on it: ${(backlogSettledAfterRestart.rss / 2 ** 20).toFixed(1)} MiB`)
+    }
 
     let c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
     const upAt = performance.now()
@@ -248,6 +275,14 @@ async function main (): Promise<void> {
       livePubackMsAfterDrain: stats(after),
       gatewayRssMiB: {
         afterBacklog: Number((afterBacklog.rss / 2 ** 20).toFixed(1)),
+        ...(o.settleMs === 0
+          ? {}
+          : {
+              settleSeconds: o.settleMs / 1000,
+              emptyStoreSettled: Number((emptySettled!.rss / 2 ** 20).toFixed(1)),
+              backlogSettled: Number((backlogSettled!.rss / 2 ** 20).toFixed(1)),
+              backlogSettledAfterRestart: Number((backlogSettledAfterRestart!.rss / 2 ** 20).toFixed(1)),
+            }),
         peakDuringDrain: Number((peakRss / 2 ** 20).toFixed(1)),
         end: Number((final.rss / 2 ** 20).toFixed(1)),
         vmHwm: Number((final.hwm / 2 ** 20).toFixed(1)),

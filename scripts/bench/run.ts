@@ -2,7 +2,7 @@
 // config and a data dir on a disk-backed file system, a local HTTP receiver in its own process, and
 // load generators in their own processes. Writes bench-results/<run>.json and .svg, prints a table.
 //
-//   npm run bench -- [--scenario 1,2,3,4,5,6,7] [--quick] [--procs 1] [--drain-events 100000]
+//   npm run bench -- [--scenario 1,2,3,4,5,6,7] [--quick] [--procs 1] [--drain-events 1000000]
 //                    [--data-dir DIR] [--no-mosquitto] [--profile] [--flash-commit-delay 100ms]
 //
 // Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side);
@@ -38,6 +38,8 @@ const SCENARIOS: Record<string, string> = { 1: 'ingest', 2: 'rate', 3: 'idle', 4
 /** Connections scenario 3 holds open: the gateway and the load generator each need one descriptor per connection. */
 const IDLE_CONNECTIONS = 10_000
 const FD_MARGIN = 1024
+/** How long an idle gateway is left before its RSS counts as settled (V8's memory reducer has run). */
+const SETTLE_MS = 15_000
 
 interface Options {
   scenarios: number[]
@@ -80,7 +82,7 @@ function options (): Options {
   const quick = values.quick
   const procs = Number(values.procs)
   if (!Number.isInteger(procs) || procs < 1 || procs > 10) throw new Error(`--procs: expected 1..10, got ${values.procs}`)
-  const drainEvents = Number(values['drain-events'] ?? (quick ? 20_000 : 100_000))
+  const drainEvents = Number(values['drain-events'] ?? (quick ? 20_000 : 1_000_000))
   if (!Number.isInteger(drainEvents) || drainEvents < 1) throw new Error(`--drain-events: expected a positive integer, got ${values['drain-events']}`)
   const mosquitto = values['no-mosquitto'] ? null : ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'].find(p => fs.existsSync(p)) ?? null
   return { scenarios: [...new Set(scenarios)].sort(), quick, procs, drainEvents, dataDir: path.resolve(values['data-dir']), out: path.resolve(values.out), mosquitto, profile: values.profile, flashCommitDelay: values['flash-commit-delay'] ?? null }
@@ -502,6 +504,10 @@ async function scenarioIdle (ctx: Ctx): Promise<Record<string, unknown>> {
   try {
     await sleep(2000)
     const idle = procSample(gw.pid)
+    // V8 gives back the heap its start-up grew (the memory reducer runs some seconds after allocation
+    // stops): an idle gateway's RSS is the settled one, the start-up figure is kept beside it.
+    await sleep(SETTLE_MS)
+    const idleSettled = procSample(gw.pid)
     const gwLimit = nofile(gw.pid)
     let connectedAt = 0
     const t0 = performance.now()
@@ -519,6 +525,8 @@ async function scenarioIdle (ctx: Ctx): Promise<Record<string, unknown>> {
     const held = procSample(gw.pid)
     await sleep(2000)
     const held2 = procSample(gw.pid)
+    await sleep(SETTLE_MS)
+    const heldSettled = procSample(gw.pid)
     const loadgenSample = procSample(lg.pid)
     lg.child.kill('SIGTERM')
     const r = await lg.result
@@ -526,10 +534,13 @@ async function scenarioIdle (ctx: Ctx): Promise<Record<string, unknown>> {
       connections: n,
       connectSeconds: Number(((connectedAt - t0) / 1000).toFixed(2)),
       gatewayConnectionsMetric: m?.get('gridgate_connections') ?? null,
-      idleRssMiB: MiB(idle?.rss ?? 0),
+      idleRssMiB: MiB(idleSettled?.rss ?? 0),
+      idleRssAtStartMiB: MiB(idle?.rss ?? 0),
       rssMiB: MiB(Math.max(held?.rss ?? 0, held2?.rss ?? 0)),
-      peakRssMiB: MiB(held2?.hwm ?? 0),
-      rssPerConnectionKiB: Number((((held2?.rss ?? 0) - (idle?.rss ?? 0)) / n / 1024).toFixed(1)),
+      rssSettledMiB: MiB(heldSettled?.rss ?? 0),
+      peakRssMiB: MiB(heldSettled?.hwm ?? 0),
+      rssPerConnectionKiB: Number((((held2?.rss ?? 0) - (idleSettled?.rss ?? 0)) / n / 1024).toFixed(1)),
+      note: `idleRssMiB: ${SETTLE_MS / 1000} s after start-up (idleRssAtStartMiB: 2 s after ready); rssMiB: 3-5 s after the last connection, rssSettledMiB: ${SETTLE_MS / 1000} s later`,
       loadgenRssMiB: MiB(loadgenSample?.rss ?? 0),
       errors: r.errors,
       rlimitNofile: { bench: limit, gateway: gwLimit },
@@ -546,7 +557,7 @@ async function scenarioDrain (ctx: Ctx): Promise<Record<string, unknown>> {
   // drain-measure makes its temp dir under TMPDIR: point it at the checked data dir.
   // Its gateway's RSS with an empty store, sampled when it logs its pid (before the backlog is built).
   let emptyStoreRssMiB: number | null = null
-  const r = await runNode<Record<string, unknown>>(path.join(repoRoot, 'dist', 'scripts', 'drain-measure.js'), ['--events', String(ctx.o.drainEvents)], {
+  const r = await runNode<Record<string, unknown>>(path.join(repoRoot, 'dist', 'scripts', 'drain-measure.js'), ['--events', String(ctx.o.drainEvents), '--settle', String(SETTLE_MS / 1000)], {
     env: { ...process.env, TMPDIR: ctx.o.dataDir },
     onErrLine: (line) => {
       const pid = /^gateway pid (\d+)/.exec(line)?.[1]
@@ -558,7 +569,7 @@ async function scenarioDrain (ctx: Ctx): Promise<Record<string, unknown>> {
     ...r,
     emptyStoreRssMiB,
     loadAverage: loadAverage(),
-    note: 'emptyStoreRssMiB: the same gateway just started (empty store); gatewayRssMiB.afterBacklog: with the whole backlog stored, after the ingest that built it; gatewayRssMiB.end: after the drain (backlog gone, same traffic history)',
+    note: 'emptyStoreRssMiB: the same gateway just started (empty store); gatewayRssMiB.emptyStoreSettled: it, left alone for settleSeconds; .afterBacklog: with the whole backlog stored, right after the ingest that built it; .backlogSettled: that gateway left alone for settleSeconds; .backlogSettledAfterRestart: a gateway restarted on the backlog (uplink still down), left alone as long; .end: after the drain (backlog gone, same traffic history)',
   }
 }
 
@@ -732,13 +743,14 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   }
   const s3 = ok(results.idle)
   if (s3 !== undefined) {
-    row(`3 ${String(s3.connections)} idle subscribed connections`, `RSS ${String(s3.rssMiB)} MiB (target ≤ 250)`, `idle RSS ${String(s3.idleRssMiB)} MiB (target ≤ 80)`, `${String(s3.rssPerConnectionKiB)} KiB/connection`)
+    row(`3 ${String(s3.connections)} idle subscribed connections`, `RSS ${String(s3.rssMiB)} MiB, settled ${String(s3.rssSettledMiB)} (target ≤ 250)`, `idle RSS settled ${String(s3.idleRssMiB)} MiB (target ≤ 80), at start ${String(s3.idleRssAtStartMiB)}`, `${String(s3.rssPerConnectionKiB)} KiB/connection`)
   }
   const s4 = ok(results.drain)
   if (s4 !== undefined) {
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
     row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p99 during drain ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
     row('  gateway RSS MiB', `empty store ${String(s4.emptyStoreRssMiB)}`, `with the backlog ${String(r?.afterBacklog)}`, `drain peak ${String(r?.peakDuringDrain)}`, `after the drain ${String(r?.end)}`)
+    row('  settled RSS MiB (target: backlog within 20 of empty)', `empty store ${String(r?.emptyStoreSettled)}`, `with the backlog ${String(r?.backlogSettled)}`, `restarted on the backlog ${String(r?.backlogSettledAfterRestart)}`)
   }
   for (const [key, name] of [['coap', '5 CoAP CON POST at saturation'], ['ws', '6 WebSocket JSON at saturation']] as const) {
     const s = ok(results[key]) as Record<string, any> | undefined
