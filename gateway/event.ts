@@ -3,34 +3,21 @@
 // storeid and sequence are not stored in the event body: the row's sequence and the store's id are
 // added when an event is rendered for an uplink, so a body never needs rewriting.
 
-import { Buffer } from 'node:buffer'
 import protobuf from 'protobufjs'
 import { protoSource } from './proto/index.js'
+import {
+  ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, formatSequence, fromTimestamp, renderJson, toTimestamp,
+  type GridEvent, type Timestamp,
+} from './event-wire.js'
 
-export type EventData =
-  | { kind: 'json', text: string } // normalized JSON text (always valid JSON), datacontenttype application/json
-  | { kind: 'text', text: string }
-  | { kind: 'binary', bytes: Uint8Array } // data_base64 in JSON
+export {
+  SPEC_VERSION, decodeDirect, formatSequence, renderJson, renderJsonBatchDirect,
+  type EventData, type GridEvent,
+} from './event-wire.js'
 
-export interface GridEvent {
-  id: string
-  source: string
-  type: string
-  /** The topic; '' only for foreign events that had none (then it is not rendered). */
-  subject: string
-  /** Receipt time, RFC 3339 with milliseconds in UTC ('2024-05-01T12:00:00.123Z'). */
-  time: string
-  datacontenttype?: string
-  data?: EventData
-  /** Extension attributes by lowercase name (deviceid, protocol, gatewayid, sourcecontenttype, normalizeerror, traceparent...). */
-  extensions: Record<string, string>
-}
 
-export const SPEC_VERSION = '1.0'
 
 // ---- schema, loaded once ----------------------------------------------------------------------------
-
-interface Timestamp { seconds: number | { toNumber(): number }, nanos: number }
 interface AnyMessage { type_url: string, value: Uint8Array }
 
 // A decoded CloudEventAttributeValue; `attr` is protobufjs' virtual oneof property (the member's name).
@@ -75,37 +62,7 @@ function loadSchema (): { event: protobuf.Type, batch: protobuf.Type } {
 
 const schema = loadSchema()
 
-// ---- attribute names --------------------------------------------------------------------------------
-
-// CloudEvents 1.0 §"Attribute Naming Convention": lowercase ASCII letters and digits only.
-const ATTRIBUTE_NAME = /^[a-z0-9]+$/
-
-// Attributes with a place of their own in GridEvent or in the JSON envelope; never extensions.
-const RESERVED = new Set([
-  'specversion', 'id', 'source', 'type', 'subject', 'time', 'datacontenttype', 'data', 'data_base64',
-])
-// Added by the rendering functions from their arguments; an extension of the same name is ignored there.
-const RENDERED = new Set([...RESERVED, 'storeid', 'sequence'])
-
 // ---- protobuf ---------------------------------------------------------------------------------------
-
-function toTimestamp (time: string): Timestamp {
-  const ms = Date.parse(time)
-  if (Number.isNaN(ms)) throw new TypeError(`event time is not RFC 3339: ${JSON.stringify(time)}`)
-  const seconds = Math.floor(ms / 1000)
-  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 }
-}
-
-function fromTimestamp (ts: Timestamp): string {
-  const seconds = typeof ts.seconds === 'number' ? ts.seconds : ts.seconds.toNumber()
-  const date = new Date(seconds * 1000 + Math.floor(ts.nanos / 1_000_000))
-  if (Number.isNaN(date.getTime())) throw new TypeError('event time stamp is out of range')
-  return date.toISOString()
-}
-
-function base64 (bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64')
-}
 
 // Every attribute kind as the string GridEvent keeps. Only foreign events carry kinds other than
 // ce_string and ce_timestamp; their JSON rendering then shows them as strings.
@@ -142,142 +99,6 @@ export function encodeEvent (ev: GridEvent): Uint8Array {
   return encodeDirect(ev, ts.seconds, ts.nanos)
 }
 
-// ---- the hot path's encoder ----------------------------------------------------------------------
-// Every device message is encoded once at ingest. protobufjs' Writer allocates an operation object per
-// field and a state per nested message; this writes the same bytes (tests compare it with protobufjs'
-// output, field by field and map entry by map entry, in protobufjs' order) into one buffer.
-
-const TAG_ID = 0x0a
-const TAG_SOURCE = 0x12
-const TAG_SPEC_VERSION = 0x1a
-const TAG_TYPE = 0x22
-const TAG_ATTRIBUTE = 0x2a
-const TAG_BINARY_DATA = 0x32
-const TAG_TEXT_DATA = 0x3a
-const TAG_ENTRY_KEY = 0x0a
-const TAG_ENTRY_VALUE = 0x12
-const TAG_CE_STRING = 0x1a
-const TAG_CE_TIMESTAMP = 0x3a
-const TAG_SECONDS = 0x08
-const TAG_NANOS = 0x10
-
-function varintSize (n: number): number {
-  let size = 1
-  while (n >= 0x80) { n = Math.floor(n / 128); size++ }
-  return size
-}
-
-function writeVarint (buf: Buffer, at: number, n: number): number {
-  while (n >= 0x80) {
-    buf[at++] = (n % 128) | 0x80
-    n = Math.floor(n / 128)
-  }
-  buf[at++] = n
-  return at
-}
-
-/** Strings up to this many UTF-16 units are measured and written in JS (a native call costs more). */
-const SHORT_STRING = 64
-
-/** UTF-8 length, as Buffer.byteLength (lone surrogates count as U+FFFD's three bytes). */
-function utf8Length (s: string): number {
-  if (s.length > SHORT_STRING) return Buffer.byteLength(s)
-  let n = 0
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i)
-    if (c < 0x80) n += 1
-    else if (c < 0x800) n += 2
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length && (s.charCodeAt(i + 1) & 0xfc00) === 0xdc00) { n += 4; i++ } else n += 3
-  }
-  return n
-}
-
-/** A length-delimited field's size: tag, length, payload. */
-const fieldSize = (len: number): number => 1 + varintSize(len) + len
-
-function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Uint8Array {
-  // Attribute values in protobufjs' order (the object's insertion order): time, subject,
-  // datacontenttype, then the extensions. Strings' UTF-8 lengths are measured once.
-  const names: string[] = ['time']
-  const values: string[] = ['']
-  if (ev.subject !== '') { names.push('subject'); values.push(ev.subject) }
-  if (ev.datacontenttype !== undefined) { names.push('datacontenttype'); values.push(ev.datacontenttype) }
-  for (const name in ev.extensions) { names.push(name); values.push(ev.extensions[name] as string) }
-  const entryLens = new Array<number>(names.length)
-  const valueLens = new Array<number>(names.length)
-  const strLens = new Array<number>(names.length)
-  // protobufjs leaves out a Timestamp's zero fields.
-  const timestampLen = (seconds === 0 ? 0 : 1 + varintSize(seconds)) + (nanos === 0 ? 0 : 1 + varintSize(nanos))
-  const idLen = utf8Length(ev.id)
-  const sourceLen = utf8Length(ev.source)
-  const typeLen = utf8Length(ev.type)
-  let size = fieldSize(idLen) + fieldSize(sourceLen) + fieldSize(SPEC_VERSION.length) + fieldSize(typeLen)
-  for (let i = 0; i < names.length; i++) {
-    strLens[i] = i === 0 ? 0 : utf8Length(values[i]!)
-    const valueLen = i === 0 ? fieldSize(timestampLen) : fieldSize(strLens[i]!)
-    valueLens[i] = valueLen
-    const entryLen = fieldSize(names[i]!.length) + fieldSize(valueLen)
-    entryLens[i] = entryLen
-    size += fieldSize(entryLen)
-  }
-  const data = ev.data
-  let dataLen = 0
-  if (data !== undefined) {
-    dataLen = data.kind === 'binary' ? data.bytes.byteLength : utf8Length(data.text)
-    size += fieldSize(dataLen)
-  }
-  const buf = Buffer.allocUnsafe(size)
-  let at = 0
-  const str = (tag: number, s: string, len: number): void => {
-    buf[at++] = tag
-    at = writeVarint(buf, at, len)
-    if (len === s.length && len <= SHORT_STRING) {
-      // ASCII: one byte per unit.
-      for (let i = 0; i < len; i++) buf[at + i] = s.charCodeAt(i)
-      at += len
-    } else {
-      at += buf.write(s, at, len, 'utf8')
-    }
-  }
-  str(TAG_ID, ev.id, idLen)
-  str(TAG_SOURCE, ev.source, sourceLen)
-  str(TAG_SPEC_VERSION, SPEC_VERSION, SPEC_VERSION.length)
-  str(TAG_TYPE, ev.type, typeLen)
-  for (let i = 0; i < names.length; i++) {
-    buf[at++] = TAG_ATTRIBUTE
-    at = writeVarint(buf, at, entryLens[i]!)
-    str(TAG_ENTRY_KEY, names[i]!, names[i]!.length)
-    buf[at++] = TAG_ENTRY_VALUE
-    at = writeVarint(buf, at, valueLens[i]!)
-    if (i === 0) {
-      buf[at++] = TAG_CE_TIMESTAMP
-      at = writeVarint(buf, at, timestampLen)
-      if (seconds !== 0) {
-        buf[at++] = TAG_SECONDS
-        at = writeVarint(buf, at, seconds)
-      }
-      if (nanos !== 0) {
-        buf[at++] = TAG_NANOS
-        at = writeVarint(buf, at, nanos)
-      }
-    } else {
-      str(TAG_CE_STRING, values[i]!, strLens[i]!)
-    }
-  }
-  if (data !== undefined) {
-    if (data.kind === 'binary') {
-      buf[at++] = TAG_BINARY_DATA
-      at = writeVarint(buf, at, dataLen)
-      buf.set(data.bytes, at)
-      at += dataLen
-    } else {
-      str(TAG_TEXT_DATA, data.text, dataLen)
-    }
-  }
-  if (at !== size) throw new Error(`event encoder wrote ${at} of ${size} bytes`)
-  return buf
-}
-
 /** The same encoding through protobufjs: the general case, and the reference the tests compare with. */
 export function encodeEventReference (ev: GridEvent): Uint8Array {
   if (ev.id === '' || ev.source === '' || ev.type === '') throw new TypeError('an event needs id, source and type')
@@ -310,125 +131,6 @@ function decodeMessage (bytes: Uint8Array): CloudEventMessage {
 /** Decode a stored event. Throws TypeError when the bytes are not a CloudEvent. */
 export function decodeEvent (bytes: Uint8Array): GridEvent {
   return decodeDirect(bytes) ?? decodeEventReference(bytes)
-}
-
-/** Why the direct decoder hands an event to protobufjs: a shape gridgate's encoder never writes. */
-class Unusual extends Error {}
-const unusual = new Unusual()
-
-/**
- * Decodes the shape encodeEvent writes (string attributes, the time stamp, text or binary data) straight
- * from the wire format, which is what forwarding a backlog spends most of its time on; null for
- * anything else (foreign attribute kinds, unknown or repeated fields, malformed bytes), which
- * protobufjs then decodes, or refuses.
- */
-export function decodeDirect (bytes: Uint8Array): GridEvent | null {
-  const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  let at = 0
-  const end = buf.length
-  const varint = (): number => {
-    let n = 0
-    let mul = 1
-    for (let i = 0; i < 8; i++) {
-      if (at >= end) throw unusual
-      const b = buf[at++]!
-      n += (b & 0x7f) * mul
-      if (b < 0x80) return n
-      mul *= 128
-    }
-    throw unusual
-  }
-  const length = (): number => {
-    const len = varint()
-    if (at + len > end) throw unusual
-    return len
-  }
-  const text = (): string => {
-    const len = length()
-    const s = buf.toString('utf8', at, at + len)
-    at += len
-    return s
-  }
-  try {
-    const ev: GridEvent = { id: '', source: '', type: '', subject: '', time: '', extensions: {} }
-    let seen = 0
-    let dataKind = 0
-    let dataStart = 0
-    let dataEnd = 0
-    const names = new Set<string>()
-    while (at < end) {
-      const tag = varint()
-      const field = Math.floor(tag / 8)
-      if (tag % 8 !== 2 || field < 1 || field > 7) throw unusual
-      const bit = 1 << field
-      if (field !== 5 && (seen & bit) !== 0) throw unusual
-      seen |= bit
-      switch (field) {
-        case 1: ev.id = text(); break
-        case 2: ev.source = text(); break
-        case 3: text(); break
-        case 4: ev.type = text(); break
-        case 5: {
-          const entryLen = length()
-          const entryEnd = at + entryLen
-          if (varint() !== TAG_ENTRY_KEY) throw unusual
-          const name = text()
-          if (names.has(name) || varint() !== TAG_ENTRY_VALUE) throw unusual
-          names.add(name)
-          const valueLen = length()
-          const valueEnd = at + valueLen
-          const kind = varint()
-          let value: string
-          if (kind === TAG_CE_STRING) {
-            value = text()
-          } else if (kind === TAG_CE_TIMESTAMP) {
-            const tsLen = length()
-            const tsEnd = at + tsLen
-            let seconds = 0
-            let nanos = 0
-            while (at < tsEnd) {
-              const t = varint()
-              if (t === TAG_SECONDS) seconds = varint()
-              else if (t === TAG_NANOS) nanos = varint()
-              else throw unusual
-            }
-            value = fromTimestamp({ seconds, nanos })
-          } else {
-            throw unusual
-          }
-          if (at !== valueEnd || at !== entryEnd) throw unusual
-          switch (name) {
-            case 'time': ev.time = value; break
-            case 'subject': ev.subject = value; break
-            case 'datacontenttype': ev.datacontenttype = value; break
-            case 'specversion': case 'id': case 'source': case 'type': case 'data': break
-            default: ev.extensions[name] = value
-          }
-          break
-        }
-        case 6: case 7: {
-          if (dataKind !== 0) throw unusual
-          dataKind = field
-          const len = length()
-          dataStart = at
-          dataEnd = at + len
-          at = dataEnd
-          break
-        }
-        default: throw unusual
-      }
-    }
-    if (dataKind === 7) {
-      const t = buf.toString('utf8', dataStart, dataEnd)
-      ev.data = ev.datacontenttype === 'application/json' ? { kind: 'json', text: t } : { kind: 'text', text: t }
-    } else if (dataKind === 6) {
-      ev.data = { kind: 'binary', bytes: buf.subarray(dataStart, dataEnd) }
-    }
-    return ev
-  } catch (err) {
-    if (err === unusual) return null
-    throw err
-  }
 }
 
 /** decodeEvent through protobufjs: every shape the format allows, and the reference the tests compare with. */
@@ -484,43 +186,6 @@ export function toProtoWithSequence (body: Uint8Array, storeId: string, seq: num
 /** An io.cloudevents.v1.CloudEventBatch of stored events, each with storeid and sequence. */
 export function encodeProtoBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Uint8Array {
   return schema.batch.encode({ events: events.map(e => withSequence(e.body, storeId, e.seq)) }).finish()
-}
-
-// ---- JSON -------------------------------------------------------------------------------------------
-
-/**
- * The CloudEvents sequence extension is a string compared lexicographically, so the store's integer
- * sequence is zero-padded to 20 digits (enough for any unsigned 64-bit value).
- */
-export function formatSequence (seq: number): string {
-  if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError(`sequence must be a non-negative safe integer, got ${seq}`)
-  return String(seq).padStart(20, '0')
-}
-
-const quote = JSON.stringify as (s: string) => string
-
-/**
- * One structured-mode CloudEvents JSON object (CloudEvents JSON format §3) with the storeid and
- * sequence extensions. Built by concatenation: JSON data is inlined as it is (already valid JSON).
- */
-export function renderJson (ev: GridEvent, storeId: string, sequence: number): string {
-  let s = '{"specversion":"1.0","id":' + quote(ev.id) + ',"source":' + quote(ev.source) + ',"type":' + quote(ev.type)
-  if (ev.subject !== '') s += ',"subject":' + quote(ev.subject)
-  if (ev.time !== '') s += ',"time":' + quote(ev.time)
-  if (ev.datacontenttype !== undefined) s += ',"datacontenttype":' + quote(ev.datacontenttype)
-  const ext = ev.extensions
-  for (const name in ext) {
-    if (RENDERED.has(name)) continue
-    s += (ATTRIBUTE_NAME.test(name) ? ',"' + name + '":' : ',' + quote(name) + ':') + quote(ext[name] as string)
-  }
-  s += ',"storeid":' + quote(storeId) + ',"sequence":"' + formatSequence(sequence) + '"'
-  const data = ev.data
-  if (data !== undefined) {
-    if (data.kind === 'json') s += ',"data":' + data.text
-    else if (data.kind === 'text') s += ',"data":' + quote(data.text)
-    else s += ',"data_base64":"' + base64(data.bytes) + '"'
-  }
-  return s + '}'
 }
 
 /** A JSON array (application/cloudevents-batch+json) of stored events, in the order given. */

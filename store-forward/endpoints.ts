@@ -45,6 +45,7 @@ const SLACK_MS = 5
 
 export class EndpointSet implements Sink {
   readonly kind: string
+  readonly acceptsJson: boolean
   private readonly list: Endpoint[]
   private readonly now: () => number
   private rotation = 0
@@ -52,6 +53,7 @@ export class EndpointSet implements Sink {
   constructor (endpoints: ReadonlyArray<{ label: string, sink: Sink }>, private readonly o: EndpointSetOptions) {
     if (endpoints.length === 0) throw new TypeError('an uplink needs at least one endpoint')
     this.kind = endpoints[0]!.sink.kind
+    this.acceptsJson = endpoints.every(e => e.sink.acceptsJson === true)
     this.now = o.now ?? Date.now
     this.list = endpoints.map(e => ({
       label: e.label, sink: e.sink, state: 'closed', failures: 0, openedAt: 0, notBefore: 0, lastError: null, lastKind: null, lastStatus: undefined,

@@ -188,10 +188,13 @@ export class Forwarder {
 
   private readAhead (after: number): Promise<Page> {
     const horizon = this.o.store.lastSeq
-    const p = this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then((rows) => {
+    const read = this.o.sink.acceptsJson === true
+      ? this.o.store.readRenderedPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes)
+      : this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then(rows => ({ rows, json: null }))
+    const p = read.then(({ rows, json }) => {
       let bytes = 0
       for (const r of rows) bytes += r.body.byteLength
-      const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows }
+      const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows, ...(json === null ? {} : { json }) }
       // Full: at the event limit, or one more row of average size would pass the byte limit.
       const full = rows.length >= this.o.batchMaxEvents || (rows.length > 0 && bytes + bytes / rows.length > this.o.batchMaxBytes)
       // A full page (backlog) goes out as it is: render its request body now, while the request

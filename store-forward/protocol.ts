@@ -214,6 +214,57 @@ export interface InitResult {
 export interface StoredRow { seq: number, ingestMs: number, body: Uint8Array }
 
 /**
+ * A page and its events rendered by the reader thread as an application/cloudevents-batch+json body
+ * (UTF-8, its own transferred buffer), so forwarding a backlog costs the main thread no decoding or
+ * rendering. json is null when an event has a shape only protobufjs decodes (the main thread renders).
+ */
+export interface RenderedPage { rows: StoredRow[], json: Uint8Array | null }
+
+/**
+ * A page of rows as the reader thread sends it: two transferred buffers instead of a structured clone
+ * of one object and one ArrayBuffer per row (the main thread would deserialize those one by one).
+ */
+export interface PackedRows {
+  /** Per row: seq, ingestMs, body length. */
+  meta: Float64Array
+  /** The bodies back to back. */
+  data: Uint8Array
+}
+
+export function packRows (rows: readonly StoredRow[]): PackedRows {
+  let size = 0
+  for (const r of rows) size += r.body.byteLength
+  const meta = new Float64Array(rows.length * 3)
+  const data = new Uint8Array(size)
+  let at = 0
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i]!
+    meta[i * 3] = r.seq
+    meta[i * 3 + 1] = r.ingestMs
+    meta[i * 3 + 2] = r.body.byteLength
+    data.set(r.body, at)
+    at += r.body.byteLength
+  }
+  return { meta, data }
+}
+
+/** The rows again, each body a Buffer view into the one transferred buffer (no copy). */
+export function unpackRows (p: PackedRows): StoredRow[] {
+  const n = p.meta.length / 3
+  const out: StoredRow[] = new Array(n)
+  let at = p.data.byteOffset
+  for (let i = 0; i < n; i++) {
+    const len = p.meta[i * 3 + 2]!
+    out[i] = { seq: p.meta[i * 3]!, ingestMs: p.meta[i * 3 + 1]!, body: Buffer.from(p.data.buffer, at, len) }
+    at += len
+  }
+  return out
+}
+
+/** readRendered's reply: the packed rows and their JSON rendering. */
+export interface PackedRenderedPage { rows: PackedRows, json: Uint8Array | null }
+
+/**
  * A retained MQTT message as the store keeps it (broker state, not an event). An empty payload in a
  * write deletes the topic's row ([MQTT-3.3.1-10]). `properties` is MQTT 5 publish properties as JSON
  * (binary values base64, see adapters/mqtt/persistence.ts), or null.
@@ -225,6 +276,8 @@ export type Request =
   // `retained`: retained-message writes that share the group commit's transaction.
   | { op: 'commit', appends: PackedAppends, acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained?: RetainedRow[] }
   | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
+  // readPage, plus the page rendered as a CloudEvents JSON batch (RenderedPage).
+  | { op: 'readRendered', slot: number, after: number, upTo: number, limit: number, maxBytes: number, storeId: string }
   | { op: 'stats' }
   | { op: 'maintain', nowMs: number, steps: ClockStep[] }
   | { op: 'dlqList', uplink: string | null, afterId: number, limit: number }

@@ -19,6 +19,11 @@ export interface SinkBatch {
    * the send, while the previous batch is in flight) and shared by every endpoint of the uplink.
    */
   prepared?: Promise<unknown>
+  /**
+   * The events as an application/cloudevents-batch+json body, rendered by the store's reader thread
+   * (for sinks with acceptsJson). Only for exactly these events: a batch cut from another has none.
+   */
+  json?: Uint8Array
 }
 
 export type SendOutcome =
@@ -39,6 +44,8 @@ export type SendOutcome =
 export interface Sink {
   /** Label for logs and metrics, e.g. "http". */
   readonly kind: string
+  /** Takes batches pre-rendered as CloudEvents JSON (SinkBatch.json) when the store can give them. */
+  readonly acceptsJson?: boolean
   send (batch: SinkBatch, signal: AbortSignal): Promise<SendOutcome>
   /** Renders the batch's request body into `batch.prepared` (idempotent); optional. */
   prepare? (batch: SinkBatch): void

@@ -10,10 +10,11 @@ import {
   SCHEMA_VERSION, FaultSlot, unpackAppends,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
-  type StatsResult, type WriterAppendResult, type WriterState, type CommitResult, type MaintainResult,
+  type StatsResult, type WriterAppendResult, type PackedRenderedPage, packRows, type WriterState, type CommitResult, type MaintainResult,
   type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit, type RetainedRow, type RetainedLoadResult,
 } from './protocol.js'
 import { routingFields } from './event-fields.js'
+import { renderJsonBatchDirect } from '../gateway/event-wire.js'
 import { compileFilter } from './route.js'
 import { addDeviceRow, listDeviceRows, removeDeviceRow, setDeviceEnabled } from './devices-table.js'
 
@@ -1017,9 +1018,21 @@ function handle (req: Request): unknown {
     case 'dlqPurge':
       if (writer === null) throw new Error('dlqPurge on a reader')
       return writer.dlqPurge(req.uplink, req.ids)
-    case 'readPage':
+    case 'readPage': {
       if (reader === null) throw new Error('readPage before init on a reader')
-      return reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)
+      const rows = packRows(reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes))
+      transferNext = [rows.meta.buffer as ArrayBuffer, rows.data.buffer as ArrayBuffer]
+      return rows
+    }
+    case 'readRendered': {
+      if (reader === null) throw new Error('readRendered before init on a reader')
+      const stored = reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)
+      const text = stored.length === 0 ? null : renderJsonBatchDirect(stored, req.storeId)
+      const page: PackedRenderedPage = { rows: packRows(stored), json: text === null ? null : ownBuffer(Buffer.from(text, 'utf8')) }
+      transferNext = [page.rows.meta.buffer as ArrayBuffer, page.rows.data.buffer as ArrayBuffer]
+      if (page.json !== null) transferNext.push(page.json.buffer as ArrayBuffer)
+      return page
+    }
     case 'stats':
       if (writer === null) throw new Error('stats on a reader')
       return writer.stats()
@@ -1046,13 +1059,22 @@ function handle (req: Request): unknown {
   }
 }
 
+/** Buffers the reply being built hands over instead of copying (set by handle(), taken by the reply). */
+let transferNext: ArrayBuffer[] = []
+
+/** The bytes in an ArrayBuffer of their own (a small Buffer.from may be a slice of Node's pool). */
+function ownBuffer (b: Buffer): Uint8Array {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b)
+}
+
 port.on('message', (env: Envelope) => {
   let reply: Reply
+  transferNext = []
   try {
     reply = { id: env.id, ok: true, result: handle(env.req) }
   } catch (err) {
     const e = err as Error & { code?: unknown }
     reply = { id: env.id, ok: false, error: { message: e.message, ...(typeof e.code === 'string' ? { code: e.code } : {}) } }
   }
-  port.postMessage(reply)
+  port.postMessage(reply, reply.ok ? transferNext : [])
 })

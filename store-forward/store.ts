@@ -6,11 +6,11 @@ import type { Logger } from 'pino'
 import { GridgateError } from '../gateway/errors.js'
 import { WorkerClient } from './worker-client.js'
 import {
-  FAULT_SLOTS, FaultSlot, packAppends,
+  FAULT_SLOTS, FaultSlot, packAppends, unpackRows,
   type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
   type StoredRow, type StatsResult, type UplinkState, type UplinkInit, type QuotaInit, type ClockStep,
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
-  type RetainedRow, type RetainedLoadResult,
+  type RetainedRow, type RetainedLoadResult, type RenderedPage, type PackedRenderedPage, type PackedRows,
 } from './protocol.js'
 import type { DeviceRow } from './protocol.js'
 import { Router } from './route.js'
@@ -429,27 +429,47 @@ export class Store extends EventEmitter<StoreEvents> {
    * commit this thread has seen, so a row is never delivered (and uncounted) before it was counted.
    */
   async readPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    const recent = this.readTail(slot, after, limit, maxBytes)
+    if (recent !== null) return recent
+    this.storeReads++
+    return this.readStoredPage(slot, after, limit, maxBytes)
+  }
+
+  /**
+   * readPage for a sink that sends CloudEvents JSON batches: a page from SQLite comes rendered by the
+   * reader thread (json), one from the in-memory tail does not (its events are decoded already).
+   */
+  async readRenderedPage (slot: number, after: number, limit: number, maxBytes: number): Promise<RenderedPage> {
+    const recent = this.readTail(slot, after, limit, maxBytes)
+    if (recent !== null) return { rows: recent, json: null }
+    this.storeReads++
+    await this.ensureReader()
+    const page = await this.reader.request<PackedRenderedPage>({ op: 'readRendered', slot, after, upTo: this.lastSeq, limit, maxBytes, storeId: this.info.storeId })
+    return { rows: unpackRows(page.rows), json: page.json }
+  }
+
+  private readTail (slot: number, after: number, limit: number, maxBytes: number): StoredRow[] | null {
     // A forwarder never reads below its position again (a retried batch keeps its own rows).
     this.readFrom.set(slot, Math.max(this.readFrom.get(slot) ?? 0, after))
     let floor = Infinity
     for (const u of this.uplinks.values()) floor = Math.min(floor, this.readFrom.get(u.slot) ?? 0)
     if (floor !== Infinity) this.tail.trimTo(floor)
     const recent = this.tail.read(slot, after, this.lastSeq, limit, maxBytes)
-    if (recent !== null) {
-      this.tailReads++
-      return recent
-    }
-    this.storeReads++
-    return this.readStoredPage(slot, after, limit, maxBytes)
+    if (recent !== null) this.tailReads++
+    return recent
   }
 
-  /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
-  async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+  private async ensureReader (): Promise<void> {
     if (!this.reader.alive && !this.closing) {
       this.opts.log.warn({ code: 'GG_ERR_STORE_UNAVAILABLE' }, 'store reader thread exited; restarting it')
       await this.startReader()
     }
-    return this.reader.request<StoredRow[]>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes })
+  }
+
+  /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
+  async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
+    await this.ensureReader()
+    return unpackRows(await this.reader.request<PackedRows>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes }))
   }
 
   /**

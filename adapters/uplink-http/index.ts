@@ -103,12 +103,18 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
   })
 
   const render = async (batch: SinkBatch): Promise<Body> => {
-    // renderJsonBatch's output, rendered in slices so device traffic is served in between.
-    let text = '['
-    await inSlices(batch.events, (e, i) => {
-      text += (i === 0 ? '' : ',') + renderJson(e.event ?? decodeEvent(e.body), batch.storeId, e.seq)
-    })
-    const json = Buffer.from(text + ']', 'utf8')
+    let json: Buffer
+    if (batch.json !== undefined) {
+      // Rendered by the store's reader thread (a page of backlog read from SQLite).
+      json = Buffer.from(batch.json.buffer, batch.json.byteOffset, batch.json.byteLength)
+    } else {
+      // renderJsonBatch's output, rendered in slices so device traffic is served in between.
+      let text = '['
+      await inSlices(batch.events, (e, i) => {
+        text += (i === 0 ? '' : ',') + renderJson(e.event ?? decodeEvent(e.body), batch.storeId, e.seq)
+      })
+      json = Buffer.from(text + ']', 'utf8')
+    }
     if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
     // zlib runs on the libuv thread pool: compressing never blocks the event loop.
     return { bytes: await gzip(json), gzipped: true }
@@ -116,6 +122,7 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
 
   return {
     kind: 'http',
+    acceptsJson: true,
     prepare (batch: SinkBatch): void {
       void prepared(batch, render)
     },

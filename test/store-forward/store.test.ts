@@ -7,6 +7,9 @@ import { pino } from 'pino'
 import { Store, STORE_FILE, type StoreOptions } from '../../store-forward/store.js'
 import { SCHEMA_VERSION } from '../../store-forward/protocol.js'
 import { isGridgateError } from '../../gateway/errors.js'
+import protobuf from 'protobufjs'
+import { encodeEvent, renderJsonBatch, type GridEvent } from '../../gateway/event.js'
+import { protoSource } from '../../gateway/proto/index.js'
 import { tempDir, waitFor } from '../helpers/util.js'
 
 function options (dataDir: string, over: Partial<StoreOptions> = {}): StoreOptions {
@@ -305,4 +308,46 @@ test('a version 1 store is migrated to the current schema in place, its events k
   t.after(() => check.close())
   assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION)
   assert.deepEqual(check.prepare("SELECT name FROM sqlite_master WHERE name IN ('retained', 'devices') ORDER BY name").pluck().all(), ['devices', 'retained'])
+})
+
+test('a page read from SQLite comes rendered by the reader thread, exactly as the main thread renders it', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  const now = Date.now()
+  const events: GridEvent[] = Array.from({ length: 30 }, (_, i) => ({
+    id: `id-${i}`, source: '/gateways/gw/devices/d', type: 'gridgate.telemetry', subject: `devices/d/t${i}`,
+    time: new Date(now + i).toISOString(), datacontenttype: i % 3 === 0 ? 'application/octet-stream' : 'application/json',
+    data: i % 3 === 0 ? { kind: 'binary', bytes: Buffer.from([i, 0, 255]) } : { kind: 'json', text: `{"i":${i},"s":"grüße ${'x'.repeat(i * 10)}"}` },
+    extensions: { deviceid: 'd', protocol: 'mqtt', gatewayid: 'gw' },
+  }))
+  for (const ev of events) await s1.append({ ingestMs: now, routes: s1.routesAll, body: encodeEvent(ev), eventId: ev.id })
+  await s1.close()
+  // Reopened: nothing is in the in-memory tail, every page comes from SQLite.
+  const s2 = await open(t, dir)
+  const slot = s2.uplinks.get('a')!.slot
+  for (const [after, limit] of [[0, 500], [7, 5], [29, 10]] as const) {
+    const page = await s2.readRenderedPage(slot, after, limit, 1 << 20)
+    assert.ok(page.json !== null, 'rendered by the reader')
+    assert.equal(Buffer.from(page.json).toString('utf8'), renderJsonBatch(page.rows, s2.info.storeId), `after ${after} limit ${limit}`)
+    assert.deepEqual(page.rows.map(r => r.seq), Array.from({ length: Math.min(limit, 30 - after) }, (_, i) => after + i + 1))
+  }
+  assert.equal(s2.tailReads, 0)
+  assert.deepEqual(await s2.readRenderedPage(slot, 30, 10, 1 << 20), { rows: [], json: null }, 'nothing new: the tail answers')
+})
+
+test('a page with an event only protobufjs decodes is left for the main thread to render', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  const ce = new protobuf.Root()
+  protobuf.parse(protoSource('cloudevents.proto'), ce, { keepCase: true })
+  for (const name of ['google/protobuf/any.proto', 'google/protobuf/timestamp.proto']) ce.addJSON((protobuf.common as unknown as Record<string, { nested: Record<string, protobuf.AnyNestedObject> }>)[name]!.nested)
+  const CE = ce.lookupType('io.cloudevents.v1.CloudEvent')
+  const foreign = CE.encode(CE.fromObject({ id: 'f', source: '/s', spec_version: '1.0', type: 't', attributes: { flag: { ce_boolean: true } }, text_data: 'x' })).finish()
+  await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: foreign, eventId: 'f' })
+  await s1.close()
+  const s2 = await open(t, dir)
+  const page = await s2.readRenderedPage(s2.uplinks.get('a')!.slot, 0, 10, 1 << 20)
+  assert.equal(page.json, null)
+  assert.equal(page.rows.length, 1)
+  assert.match(renderJsonBatch(page.rows, s2.info.storeId), /"flag":"true"/)
 })
