@@ -335,7 +335,12 @@ const grpcUplinkSchema = uplinkType('grpc', {
 
 const uplinkTypes = [httpUplinkSchema, grpcUplinkSchema] as const
 
-const MAX_UPLINKS = 62
+/**
+ * Each uplink owns one bit of an event's routes mask, a JS number: bits 0..52 add up exactly, while
+ * with a 54th uplink (2^53 and above) the low bits of a sum are lost and an event would silently miss
+ * an uplink.
+ */
+const MAX_UPLINKS = 53
 
 // Paths are relative to the array, so the message lands at the duplicate item's own key.
 function unique<T> (list: string, key: string, what: string) {

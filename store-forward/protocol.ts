@@ -279,6 +279,8 @@ export type Request =
   // readPage, plus the page rendered as a CloudEvents JSON batch (RenderedPage).
   | { op: 'readRendered', slot: number, after: number, upTo: number, limit: number, maxBytes: number, storeId: string }
   | { op: 'stats' }
+  // A PASSIVE WAL checkpoint on the reader's connection.
+  | { op: 'checkpoint' }
   | { op: 'maintain', nowMs: number, steps: ClockStep[] }
   | { op: 'dlqList', uplink: string | null, afterId: number, limit: number }
   | { op: 'dlqReplay', uplink: string | null, ids: number[] | null, ingestMs: number }

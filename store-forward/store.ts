@@ -190,7 +190,8 @@ export class Store extends EventEmitter<StoreEvents> {
         const u = this.uplinkBySlot(o.slot)
         if (u !== undefined) u.oldestMs = o.ingestMs
       }
-      this.lastCheckpoint = r.checkpoint
+      // A truncation by the writer (WAL past walMaxBytes), else the routine one on the reader.
+      this.lastCheckpoint = r.checkpoint ?? await this.checkpoint()
       this.diskFree = r.diskFree
       this.applyState(r.state)
       // Cursor moves and dead letters may be waiting for a commit that nothing else triggers.
@@ -200,6 +201,11 @@ export class Store extends EventEmitter<StoreEvents> {
     } finally {
       this.maintaining = false
     }
+  }
+
+  private async checkpoint (): Promise<MaintainResult['checkpoint']> {
+    await this.ensureReader()
+    return this.reader.request<NonNullable<MaintainResult['checkpoint']>>({ op: 'checkpoint' })
   }
 
   /** Mirrors the writer's counters (the writer is the authority) and reports drops and skips. */

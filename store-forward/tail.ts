@@ -108,7 +108,7 @@ export class RecentTail {
   read (slot: number, after: number, upTo: number, limit: number, maxBytes: number): TailRow[] | null {
     if (after < this.floor || upTo > this.top) return null
     const bit = 2 ** slot
-    // Masks reach 2^62 (62 uplinks): beyond 31 bits `&` would truncate them.
+    // Masks reach 2^52 (53 uplinks): beyond 31 bits `&` would truncate them.
     const routed = slot < 31 ? (routes: number) => (routes & bit) !== 0 : (routes: number) => Math.floor(routes / bit) % 2 === 1
     const out: TailRow[] = []
     let bytes = 0

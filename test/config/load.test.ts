@@ -309,10 +309,10 @@ test('an unknown uplink type names the types there are', (t) => {
   assert.deepEqual(err.details, ['uplinks[0].type: expected one of "http", "grpc", got "carrier-pigeon"', 'uplinks[1].type: expected one of "http", "grpc"'])
 })
 
-test('more than 62 uplinks are refused', (t) => {
-  const uplinks = Array.from({ length: 63 }, (_, i) => `  - { name: u${i}, type: http, url: "http://x/${i}" }`).join('\n')
+test('more than 53 uplinks are refused (one exact bit each in a routes mask)', (t) => {
+  const uplinks = Array.from({ length: 54 }, (_, i) => `  - { name: u${i}, type: http, url: "http://x/${i}" }`).join('\n')
   const err = loadError(t, `uplinks:\n${uplinks}\n`)
-  assert.deepEqual(err.details, ['uplinks: expected at most 62 uplinks'])
+  assert.deepEqual(err.details, ['uplinks: expected at most 53 uplinks'])
 })
 
 test('env overrides set top-level keys with YAML typing', (t) => {
