@@ -397,7 +397,10 @@ export class Store extends EventEmitter<StoreEvents> {
         }
         if (!r.duplicate) {
           last = Math.max(last, r.seq)
-          fresh.push({ seq: r.seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event: p.event })
+          // A binary payload's bytes are a view into the connection's read buffer: the tail would pin
+          // that whole buffer, so such an event is decoded from its body when rendered instead.
+          const event = p.event?.data?.kind === 'binary' ? undefined : p.event
+          fresh.push({ seq: r.seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event })
         }
         p.resolve(r)
       }
