@@ -1,7 +1,7 @@
 // One device registry for every protocol: credentials (scrypt PHC hashes), publish/subscribe ACLs and
 // the MQTT topic-filter algebra they rest on (DESIGN.md "Device identity, access and topics").
 
-import { createHash, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto'
+import { hash as cryptoHash, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { GridgateError } from './errors.js'
 
@@ -108,12 +108,26 @@ export function generateToken (): string {
 }
 
 function sha256 (s: string): Buffer {
-  return createHash('sha256').update(s).digest()
+  return cryptoHash('sha256', s, 'buffer')
+}
+
+/** Digests of the config's plaintext tokens, computed once (CoAP and HTTP authenticate every request). */
+const tokenDigests = new Map<string, Buffer>()
+const MAX_TOKEN_DIGESTS = 100_000
+
+function tokenDigest (token: string): Buffer {
+  let d = tokenDigests.get(token)
+  if (d === undefined) {
+    if (tokenDigests.size >= MAX_TOKEN_DIGESTS) tokenDigests.clear()
+    d = sha256(token)
+    tokenDigests.set(token, d)
+  }
+  return d
 }
 
 // Digests first so that neither the content nor the length of the stored secret leaks through timing.
 function plaintextEqual (secret: string, token: string): boolean {
-  return timingSafeEqual(sha256(secret), sha256(token))
+  return timingSafeEqual(sha256(secret), tokenDigest(token))
 }
 
 // ---- topics -----------------------------------------------------------------------------------------

@@ -103,6 +103,8 @@ const errorReply = (code: string, gg: ErrorCode, extra: Option[] = []): Reply =>
 
 /** Receive buffer asked for on the CoAP socket (the kernel doubles it for bookkeeping and caps it). */
 const RECV_BUFFER_BYTES = 4 * 1024 * 1024
+/** Endpoints whose dedup scope is kept hashed. */
+const MAX_SCOPES = 4096
 
 export class CoapAdapter implements DeviceAdapter {
   private socket: dgram.Socket | null = null
@@ -110,6 +112,7 @@ export class CoapAdapter implements DeviceAdapter {
   private readonly exchanges: LRUCache<string, Exchange>
   private readonly separate = new Map<string, PendingSeparate>()
   private readonly inflight = new Set<Promise<unknown>>()
+  private readonly scopes = new Map<string, Uint8Array>()
   /** Datagrams handed to the socket and not yet sent: closing the socket would cancel them. */
   private readonly sending = new Set<Promise<void>>()
   private readonly blocks: Block1Reassembly
@@ -139,6 +142,17 @@ export class CoapAdapter implements DeviceAdapter {
   /** Internal state sizes, for tests and the memory script. */
   stats (): { exchanges: number, separate: number, blockwise: number } {
     return { exchanges: this.exchanges.size, separate: this.separate.size, blockwise: this.blocks.size }
+  }
+
+  /** An endpoint's dedup scope, hashed once while it keeps sending (bounded: cleared when full). */
+  private scopeOf (endpoint: string): Uint8Array {
+    let scope = this.scopes.get(endpoint)
+    if (scope === undefined) {
+      if (this.scopes.size >= MAX_SCOPES) this.scopes.clear()
+      scope = dedupScope('coap', endpoint)
+      this.scopes.set(endpoint, scope)
+    }
+    return scope
   }
 
   async start (): Promise<void> {
@@ -321,7 +335,7 @@ export class CoapAdapter implements DeviceAdapter {
         contentType,
         canRefuse: true,
         // Retransmissions after a restart or beyond the LRU: (endpoint, message ID, payload) in the store.
-        dedupKey: dedupKey(dedupScope('coap', req.endpoint), packet.messageId),
+        dedupKey: dedupKey(this.scopeOf(req.endpoint), packet.messageId),
         dedupFp: dedupFingerprint(payload),
         dedupCheck: packet.confirmable,
       })
