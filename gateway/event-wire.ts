@@ -199,6 +199,18 @@ export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Ui
 class Unusual extends Error {}
 const unusual = new Unusual()
 
+/** One decoded attribute in its place: the GridEvent's own fields, else an extension. */
+export function setAttribute (ev: GridEvent, name: string, value: string): void {
+  switch (name) {
+    case 'time': ev.time = value; break
+    case 'subject': ev.subject = value; break
+    case 'datacontenttype': ev.datacontenttype = value; break
+    // Carried by the message's own fields (or the data oneof), never as attributes.
+    case 'specversion': case 'id': case 'source': case 'type': case 'data': break
+    default: ev.extensions[name] = value
+  }
+}
+
 /**
  * Decodes the shape encodeEvent writes (string attributes, the time stamp, text or binary data) straight
  * from the wire format, which is what forwarding a backlog spends most of its time on; null for
@@ -280,13 +292,7 @@ export function decodeDirect (bytes: Uint8Array): GridEvent | null {
             throw unusual
           }
           if (at !== valueEnd || at !== entryEnd) throw unusual
-          switch (name) {
-            case 'time': ev.time = value; break
-            case 'subject': ev.subject = value; break
-            case 'datacontenttype': ev.datacontenttype = value; break
-            case 'specversion': case 'id': case 'source': case 'type': case 'data': break
-            default: ev.extensions[name] = value
-          }
+          setAttribute(ev, name, value)
           break
         }
         case 6: case 7: {
@@ -356,10 +362,15 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
 export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): string | null {
+  return renderJsonBatchWith(events, storeId, decodeDirect)
+}
+
+/** A JSON array of stored events, each decoded by `decode`; null as soon as one decodes to null. */
+export function renderJsonBatchWith (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, decode: (body: Uint8Array) => GridEvent | null): string | null {
   let s = '['
   for (let i = 0; i < events.length; i++) {
     const e = events[i] as { seq: number, body: Uint8Array }
-    const ev = decodeDirect(e.body)
+    const ev = decode(e.body)
     if (ev === null) return null
     if (i > 0) s += ','
     s += renderJson(ev, storeId, e.seq)

@@ -6,7 +6,8 @@
 import protobuf from 'protobufjs'
 import { protoSource } from './proto/index.js'
 import {
-  ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, formatSequence, fromTimestamp, renderJson, toTimestamp,
+  ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, formatSequence, fromTimestamp, renderJsonBatchWith,
+  setAttribute, toTimestamp,
   type GridEvent, type Timestamp,
 } from './event-wire.js'
 
@@ -140,14 +141,7 @@ export function decodeEventReference (bytes: Uint8Array): GridEvent {
   const attrs = m.attributes
   for (const name in attrs) {
     const value = attributeString(attrs[name] as AttributeValue)
-    if (value === undefined) continue
-    switch (name) {
-      case 'time': ev.time = value; break
-      case 'subject': ev.subject = value; break
-      case 'datacontenttype': ev.datacontenttype = value; break
-      case 'specversion': case 'id': case 'source': case 'type': case 'data': break
-      default: ev.extensions[name] = value
-    }
+    if (value !== undefined) setAttribute(ev, name, value)
   }
   switch (m.data) {
     case 'text_data':
@@ -190,11 +184,6 @@ export function encodeProtoBatch (events: ReadonlyArray<{ seq: number, body: Uin
 
 /** A JSON array (application/cloudevents-batch+json) of stored events, in the order given. */
 export function renderJsonBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): string {
-  let s = '['
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i] as { seq: number, body: Uint8Array }
-    if (i > 0) s += ','
-    s += renderJson(decodeEvent(e.body), storeId, e.seq)
-  }
-  return s + ']'
+  // decodeEvent never gives null (it throws on bytes that are not a CloudEvent).
+  return renderJsonBatchWith(events, storeId, decodeEvent) as string
 }

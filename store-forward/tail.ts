@@ -65,17 +65,7 @@ export class RecentTail {
       this.bytes += r.body.byteLength
     }
     this.top = lastSeq
-    while (this.size > 0 && (this.size > this.limits.rows || this.bytes > this.limits.bytes)) {
-      const old = this.rows[this.head]!
-      this.rows[this.head] = undefined as unknown as TailRow
-      this.head++
-      this.bytes -= old.body.byteLength
-      this.floor = old.seq
-    }
-    if (this.head >= COMPACT_AT && this.head * 2 >= this.rows.length) {
-      this.rows = this.rows.slice(this.head)
-      this.head = 0
-    }
+    this.dropWhile(() => this.size > this.limits.rows || this.bytes > this.limits.bytes)
   }
 
   /**
@@ -85,13 +75,19 @@ export class RecentTail {
    */
   trimTo (seq: number): void {
     if (seq <= this.floor) return
-    while (this.size > 0 && this.rows[this.head]!.seq <= seq) {
+    this.dropWhile(oldest => oldest.seq <= seq)
+    this.floor = Math.max(this.floor, Math.min(seq, this.top))
+  }
+
+  /** Drops the oldest rows while `more` holds (the floor follows them), then compacts the array. */
+  private dropWhile (more: (oldest: TailRow) => boolean): void {
+    while (this.size > 0 && more(this.rows[this.head]!)) {
       const old = this.rows[this.head]!
       this.rows[this.head] = undefined as unknown as TailRow
       this.head++
       this.bytes -= old.body.byteLength
+      this.floor = old.seq
     }
-    this.floor = Math.min(seq, this.top)
     if (this.size === 0) {
       this.rows = []
       this.head = 0
