@@ -162,7 +162,7 @@ export interface MaintainResult {
   state: WriterState
   /** Ingest time of each uplink's oldest waiting event. */
   oldest: Array<{ slot: number, ingestMs: number | null }>
-  checkpoint: { mode: 'PASSIVE' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
+  checkpoint: { mode: 'PASSIVE' | 'RESTART' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
   diskFree: number | null
 }
 

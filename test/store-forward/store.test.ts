@@ -259,6 +259,38 @@ test('expired dedup keys are pruned as fast as new ones arrive', async (t) => {
   assert.equal(expired, 0, 'every expired key is gone')
 })
 
+test('under steady commits the routine checkpoint rewinds the WAL, so its file stays at one round of commits', async (t) => {
+  const dir = tempDir(t)
+  // No walMaxBytes: nothing but the routine checkpoint keeps the WAL from growing.
+  const s = await open(t, dir)
+  const wal = path.join(dir, `${STORE_FILE}-wal`)
+  const payload = Buffer.alloc(1024, 7)
+  let appending = true
+  let appended = 0
+  // Commits land all the time, also while a checkpoint copies frames: a PASSIVE checkpoint alone then
+  // never finds the WAL wholly copied when the next commit starts, and the file grows with every commit.
+  const writing = (async () => {
+    while (appending) {
+      await Promise.all(Array.from({ length: 20 }, (_, i) => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: new Uint8Array(payload), eventId: `w-${appended}-${i}` })))
+      appended += 20
+    }
+  })()
+  const modes = new Set<string>()
+  let largest = 0
+  for (let round = 0; round < 12; round++) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    await s.maintain()
+    if (s.lastCheckpoint !== null) modes.add(s.lastCheckpoint.mode)
+    largest = Math.max(largest, fs.statSync(wal).size)
+  }
+  appending = false
+  await writing
+  const written = appended * 1024
+  t.diagnostic(`${appended} events of 1 KiB; checkpoint modes ${[...modes].join(', ')}; WAL file at most ${largest} bytes`)
+  assert.ok(modes.has('RESTART'), 'the checkpoint rewound the WAL')
+  assert.ok(largest < written / 3, `the WAL file (${largest} bytes) held far less than what was committed (${written} bytes)`)
+})
+
 test('store.commitDelay gathers appends into fewer commits', async (t) => {
   const s = await open(t, tempDir(t), { commitDelayMs: 50 })
   const before = s.commits
