@@ -164,6 +164,9 @@ const PAGE_SIZE = 1024
 const BUSY_TIMEOUT_MS = 5000
 /** WAL frames below which the reader's checkpoint does not bother rewinding the WAL. */
 const RESTART_MIN_FRAMES = 1024
+/** A PASSIVE checkpoint that took this long (ms) is followed by another before the RESTART. */
+const PASSIVE_AGAIN_MS = 2
+const MAX_PASSIVE_PASSES = 3
 /** How long the RESTART checkpoint waits for the writer to finish its transaction before giving up (ms). */
 const RESTART_BUSY_MS = 50
 
@@ -991,8 +994,17 @@ class Reader {
    */
   checkpoint (): NonNullable<MaintainResult['checkpoint']> {
     let passive: { busy: number, log: number, checkpointed: number }
+    let passes = 0
     try {
-      passive = (this.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
+      let took: number
+      do {
+        const started = performance.now()
+        passive = (this.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
+        took = performance.now() - started
+        passes++
+        // A long copy leaves as long a stretch of new frames: copy those beside the writer too, so the
+        // RESTART below (which holds commits) has only a moment's worth left.
+      } while (passive.busy === 0 && took >= PASSIVE_AGAIN_MS && passes < MAX_PASSIVE_PASSES)
     } catch (err) {
       if (sqliteCode(err) === 'SQLITE_BUSY') return { mode: 'PASSIVE', busy: 1, log: -1, checkpointed: -1 }
       throw err
