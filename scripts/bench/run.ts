@@ -4,6 +4,10 @@
 //
 //   npm run bench -- [--scenario 1,2,3,4,5,6,7] [--quick] [--procs 1] [--drain-events 1000000]
 //                    [--data-dir DIR] [--no-mosquitto] [--profile] [--flash-commit-delay 100ms]
+//                    [--node-options "--max-semi-space-size=32"]
+//
+// --node-options: NODE_OPTIONS for the gateways measured (runtime tuning, e.g. a larger V8 young
+// generation); the default configuration is measured without it, and the results record it.
 //
 // Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side);
 // 2 fixed 5,000 msgs/s from 100 connections (PUBACK, device→cloud and event-loop delay p99, also
@@ -50,6 +54,8 @@ interface Options {
   out: string
   mosquitto: string | null
   profile: boolean
+  /** NODE_OPTIONS for the gateway processes (runtime tuning; none by default). */
+  nodeOptions: string | null
   /** Extra scenario 7 rows with this store.commitDelay (not the default; for SD-card sizing). */
   flashCommitDelay: string | null
 }
@@ -65,6 +71,7 @@ function options (): Options {
       out: { type: 'string', default: path.join(repoRoot, 'bench-results') },
       'no-mosquitto': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
+      'node-options': { type: 'string' },
       'flash-commit-delay': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -85,7 +92,7 @@ function options (): Options {
   const drainEvents = Number(values['drain-events'] ?? (quick ? 20_000 : 1_000_000))
   if (!Number.isInteger(drainEvents) || drainEvents < 1) throw new Error(`--drain-events: expected a positive integer, got ${values['drain-events']}`)
   const mosquitto = values['no-mosquitto'] ? null : ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'].find(p => fs.existsSync(p)) ?? null
-  return { scenarios: [...new Set(scenarios)].sort(), quick, procs, drainEvents, dataDir: path.resolve(values['data-dir']), out: path.resolve(values.out), mosquitto, profile: values.profile, flashCommitDelay: values['flash-commit-delay'] ?? null }
+  return { scenarios: [...new Set(scenarios)].sort(), quick, procs, drainEvents, dataDir: path.resolve(values['data-dir']), out: path.resolve(values.out), mosquitto, profile: values.profile, nodeOptions: values['node-options'] ?? null, flashCommitDelay: values['flash-commit-delay'] ?? null }
 }
 
 // ---- processes -----------------------------------------------------------------------------------
@@ -210,8 +217,9 @@ async function startGateway (o: Options, label: string, uplinkUrl: string | null
   const file = path.join(dir, 'gridgate.yaml')
   fs.writeFileSync(file, stringify(gatewayConfig(dir, uplinkUrl, store)))
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' }
+  const nodeOptions = [o.nodeOptions ?? '', o.profile ? `--import=${script('profile-preload.js')}` : ''].filter(x => x !== '').join(' ')
+  if (nodeOptions !== '') env.NODE_OPTIONS = nodeOptions
   if (o.profile) {
-    env.NODE_OPTIONS = `--import=${script('profile-preload.js')}`
     env.BENCH_PROFILE_DIR = path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-'))
   }
   const proc = await spawnGatewayProcess({ configFile: file, env, readyTimeoutMs: 60_000 })
@@ -558,7 +566,8 @@ async function scenarioDrain (ctx: Ctx): Promise<Record<string, unknown>> {
   // Its gateway's RSS with an empty store, sampled when it logs its pid (before the backlog is built).
   let emptyStoreRssMiB: number | null = null
   const r = await runNode<Record<string, unknown>>(path.join(repoRoot, 'dist', 'scripts', 'drain-measure.js'), ['--events', String(ctx.o.drainEvents), '--settle', String(SETTLE_MS / 1000)], {
-    env: { ...process.env, TMPDIR: ctx.o.dataDir },
+    // drain-measure hands NODE_OPTIONS on to its gateway.
+    env: { ...process.env, TMPDIR: ctx.o.dataDir, ...(ctx.o.nodeOptions === null ? {} : { NODE_OPTIONS: ctx.o.nodeOptions }) },
     onErrLine: (line) => {
       const pid = /^gateway pid (\d+)/.exec(line)?.[1]
       if (pid !== undefined) emptyStoreRssMiB = MiB(procSample(Number(pid))?.rss ?? 0)
@@ -714,7 +723,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   const lines: string[] = []
   const row = (...cols: string[]): void => { lines.push(`${cols[0]!.padEnd(44)} ${cols.slice(1).join('  ')}`) }
   lines.push('', `gridgate bench ${String(meta.startedAt)}  (${String(meta.mode)}; load average at start ${JSON.stringify(meta.loadAverageAtStart)}, end ${JSON.stringify(meta.loadAverageAtEnd)})`)
-  lines.push(`data dir on ${String((meta.dataDirFs as { mount: { fsType: string } }).mount.fsType)}; fdatasync p50/p99 ${JSON.stringify(meta.fdatasyncMs)}; store.sync ${String(meta.storeSync)}; SQLite cache_size ${String(meta.sqliteCacheSize)}; node ${String(meta.node)}; RLIMIT_NOFILE ${JSON.stringify(meta.rlimitNofile)}`)
+  lines.push(`data dir on ${String((meta.dataDirFs as { mount: { fsType: string } }).mount.fsType)}; fdatasync p50/p99 ${JSON.stringify(meta.fdatasyncMs)}; store.sync ${String(meta.storeSync)}; SQLite cache_size ${String(meta.sqliteCacheSize)}; node ${String(meta.node)}; RLIMIT_NOFILE ${JSON.stringify(meta.rlimitNofile)}${meta.gatewayNodeOptions === null ? '' : `; gateway NODE_OPTIONS ${String(meta.gatewayNodeOptions)} (not the default)`}`)
   lines.push('')
   for (const [name, r] of Object.entries(results)) if ('error' in r) row(`${name}: FAILED`, String(r.error).split('\n')[0]!)
   const ok = (r: Record<string, unknown> | undefined): Record<string, unknown> | undefined => r === undefined || 'error' in r ? undefined : r
@@ -813,6 +822,7 @@ async function main (): Promise<void> {
     dataDirFs,
     fdatasyncMs: fdatasyncMs(o.dataDir, o.quick ? 50 : 200),
     storeSync: 'full (default)',
+    gatewayNodeOptions: o.nodeOptions,
     sqliteCacheSize: '-4096 (4 MiB, store-forward/sqlite-worker.ts configure())',
     rlimitNofile: nofile(),
     mosquitto: mosquittoVersion(o.mosquitto),
