@@ -86,25 +86,31 @@ export function dedupScope (...parts: ReadonlyArray<string>): Uint8Array {
  * numbers are neighbours; a string id is hashed to 16 bytes). A number that the protocol lets the sender
  * reuse (MQTT packet ids, CoAP message IDs) replaces its entry, so the dedup table stays as small as the
  * senders' id spaces; the payload's fingerprint (dedupFingerprint) tells a retransmission from a new
- * message. The key owns its ArrayBuffer: a view into Node's shared buffer pool would copy the whole pool
- * slab to the writer thread.
+ * message. The key may be a slice of Node's buffer pool (a fresh ArrayBuffer per message costs a
+ * backing-store allocation): the store copies keys into the commit it hands to the writer thread.
  */
 export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8Array {
   const idBytes = typeof messageId === 'number' ? 4 : STRING_ID_BYTES
-  const key = new Uint8Array(scope.byteLength + idBytes)
+  const key = Buffer.allocUnsafe(scope.byteLength + idBytes)
   key.set(scope, 0)
-  if (typeof messageId === 'number') new DataView(key.buffer).setUint32(scope.byteLength, messageId >>> 0)
+  if (typeof messageId === 'number') key.writeUInt32BE(messageId >>> 0, scope.byteLength)
   else key.set(sha256(Buffer.from(messageId)).subarray(0, STRING_ID_BYTES), scope.byteLength)
   return key
 }
 
 /** The first 8 bytes of the payload's SHA-256, kept beside a dedup key whose number may be reused. */
 export function dedupFingerprint (payload: Uint8Array): Uint8Array {
-  return new Uint8Array(sha256(payload).subarray(0, FINGERPRINT_BYTES))
+  return sha256(payload).subarray(0, FINGERPRINT_BYTES)
 }
+
+/** Event sources kept per device id (a device's source string is built once, not per event). */
+const MAX_SOURCES = 4096
 
 export class Ingest {
   private readonly inflight = new Map<string, Promise<IngestResult>>()
+  private readonly sources = new Map<string, string>()
+  /** The last event time rendered: events of the same millisecond share the string. */
+  private lastTime = { ms: Number.NaN, iso: '' }
 
   constructor (private readonly o: IngestOptions) {}
 
@@ -206,6 +212,21 @@ export class Ingest {
       : decodeLenient(this.o.decoders, msg.payload, contentType, ctx)
   }
 
+  private sourceOf (deviceId: string): string {
+    let source = this.sources.get(deviceId)
+    if (source === undefined) {
+      if (this.sources.size >= MAX_SOURCES) this.sources.clear()
+      source = `/gateways/${this.o.gatewayId}/devices/${deviceId}`
+      this.sources.set(deviceId, source)
+    }
+    return source
+  }
+
+  private timeOf (ms: number): string {
+    if (ms !== this.lastTime.ms) this.lastTime = { ms, iso: new Date(ms).toISOString() }
+    return this.lastTime.iso
+  }
+
   private stamp (msg: IngestMessage, decoded: DecodeResult, nowMs: number, rule: RuleMatch | undefined): GridEvent {
     const extensions: Record<string, string> = {
       deviceid: msg.deviceId,
@@ -221,10 +242,10 @@ export class Ingest {
     }
     return {
       id: this.o.ids.next(nowMs),
-      source: `/gateways/${this.o.gatewayId}/devices/${msg.deviceId}`,
+      source: this.sourceOf(msg.deviceId),
       type: rule?.type !== undefined && rule.type !== '' ? rule.type : DEFAULT_EVENT_TYPE,
       subject: msg.topic,
-      time: new Date(nowMs).toISOString(),
+      time: this.timeOf(nowMs),
       datacontenttype: decoded.datacontenttype,
       data: decoded.data,
       extensions,

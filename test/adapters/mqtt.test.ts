@@ -261,3 +261,13 @@ test('the aedes version is the one patches/ was written for, and the reason-code
   assert.deepEqual(patches, [`aedes+${version}.patch`], 'update or drop patches/aedes+*.patch when aedes changes')
   assert.match(fs.readFileSync(path.join(dir, 'lib', 'handlers', 'publish.js'), 'utf8'), /gridgate patch/)
 })
+
+test('the mqtt-packet version is the one patches/ was written for, and its debug calls are no-ops unless enabled', () => {
+  const dir = path.join(repoRoot, 'node_modules', 'mqtt-packet')
+  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
+  const patches = fs.readdirSync(path.join(repoRoot, 'patches')).filter(f => f.startsWith('mqtt-packet+'))
+  assert.deepEqual(patches, [`mqtt-packet+${version}.patch`], 'update or drop patches/mqtt-packet+*.patch when mqtt-packet changes')
+  for (const file of ['parser.js', 'writeToStream.js']) {
+    assert.match(fs.readFileSync(path.join(dir, file), 'utf8'), /gridgate patch[\s\S]*const debug = debugLog\.enabled \? debugLog : function \(\) \{\}/, file)
+  }
+})
