@@ -195,6 +195,8 @@ interface Gateway {
   pid: number
   dir: string
   admin: string
+  /** Where the gateway writes its .cpuprofile and .heapprofile on exit (--profile), else null. */
+  profileDir: string | null
   stop (): Promise<void>
 }
 
@@ -219,13 +221,12 @@ async function startGateway (o: Options, label: string, uplinkUrl: string | null
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '' }
   const nodeOptions = [o.nodeOptions ?? '', o.profile ? `--import=${script('profile-preload.js')}` : ''].filter(x => x !== '').join(' ')
   if (nodeOptions !== '') env.NODE_OPTIONS = nodeOptions
-  if (o.profile) {
-    env.BENCH_PROFILE_DIR = path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-'))
-  }
+  const profileDir = o.profile ? path.join(o.out, 'profiles', label.replace(/[^A-Za-z0-9]+/g, '-')) : null
+  if (profileDir !== null) env.BENCH_PROFILE_DIR = profileDir
   const proc = await spawnGatewayProcess({ configFile: file, env, readyTimeoutMs: 60_000 })
   const pid = proc.child.pid!
   return {
-    proc, pid, dir, admin: `http://127.0.0.1:${proc.adminPort}`,
+    proc, pid, dir, admin: `http://127.0.0.1:${proc.adminPort}`, profileDir,
     async stop () {
       proc.child.kill('SIGTERM')
       const t = setTimeout(() => proc.child.kill('SIGKILL'), 20_000)
@@ -397,9 +398,30 @@ interface Ctx { o: Options, rx: Receiver, rxPid: number, charts: Panel[][] }
 
 /** Runs an MQTT load against a fresh gateway with an HTTP uplink and measures the whole path. */
 async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boolean): Promise<Record<string, unknown>> {
-  const { o, rx } = ctx
-  const gw = await startGateway(o, label, rx.url)
+  const gw = await startGateway(ctx.o, label, ctx.rx.url)
+  let result: Record<string, unknown> & { loadgen: LoadgenResult }
   try {
+    result = await measureRun(ctx, gw, label, load, chart)
+  } finally {
+    await gw.stop()
+  }
+  // With --profile the gateway wrote its allocation sample when it exited.
+  const heap = gw.profileDir === null ? null : allocatedBytes(path.join(gw.profileDir, `gridgate-${gw.pid}.heapprofile`))
+  if (heap === null) return result
+  return { ...result, allocatedKiBPerMessage: Number((heap / 1024 / Math.max(1, result.loadgen.acked)).toFixed(2)), allocationNote: 'bytes the main thread allocated (V8 sampling heap profiler, collected objects included) over the gateway\'s life, per acknowledged message' }
+}
+
+/** Total bytes in a V8 sampling heap profile (every sampled allocation, collected or not), or null. */
+function allocatedBytes (file: string): number | null {
+  if (!fs.existsSync(file)) return null
+  interface Node { selfSize: number, children: Node[] }
+  const sum = (n: Node): number => n.children.reduce((acc, c) => acc + sum(c), n.selfSize)
+  return sum((JSON.parse(fs.readFileSync(file, 'utf8')) as { head: Node }).head)
+}
+
+async function measureRun (ctx: Ctx, gw: Gateway, label: string, load: MqttLoad, chart: boolean): Promise<Record<string, unknown> & { loadgen: LoadgenResult }> {
+  const { rx } = ctx
+  {
     await sleep(1000)
     // Reset now, so the receiver's timeline starts with the load (its warm-up seconds are the load's).
     await rx.reset()
@@ -466,8 +488,6 @@ async function gatewayRun (ctx: Ctx, label: string, load: MqttLoad, chart: boole
       loadgenCpuPerMessageUs: perMessageUs(lg.cpuSeconds, lg.acked),
       timeline: samples,
     }
-  } finally {
-    await gw.stop()
   }
 }
 
@@ -737,6 +757,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('  CPU µs/msg gateway / loadgen / receiver', `${g.gateway.cpuPerMessageUs} / ${g.loadgenCpuPerMessageUs} / ${g.receiver.cpuPerMessageUs}`, m === null ? '' : `mosquitto ${m.broker.cpuPerMessageUs}`, `loadgen CPU ${g.loadgen.cpuUtilisation}`)
     row('  gateway RSS idle / end / peak MiB', `${g.gateway.idleRssMiB} / ${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`, `bytes written/event ${g.gateway.writeBytesPerEvent}`)
     row('  gateway CPU s: main thread / others', `${g.gateway.threadCpuSeconds.mainSeconds} / ${g.gateway.threadCpuSeconds.otherThreadsSeconds.join(', ')}`, `main thread busy ${g.gateway.mainThreadBusy} of the run`)
+    if (g.allocatedKiBPerMessage !== undefined) row('  main thread allocated per message', `${g.allocatedKiBPerMessage} KiB (--profile: V8 sampling heap profiler)`)
   }
   const s2 = ok(results.rate)
   if (s2 !== undefined) {
