@@ -333,47 +333,132 @@ export function formatSequence (seq: number): string {
 
 const quote = JSON.stringify as (s: string) => string
 
+/** A first guess at an event's size in a JSON batch (the writer grows past it). */
+export const JSON_BYTES_PER_EVENT = 768
+
+/** Characters JSON.stringify would escape (quotes, backslash, controls) or must look at (surrogates). */
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/
+
+/**
+ * UTF-8 JSON text written straight into one growing buffer: a batch's request body without a string
+ * per field, per event and per batch (those strings were the largest share of what the main thread
+ * allocated per forwarded event). The bytes are exactly Buffer.from() of the text renderJson returns.
+ */
+export class JsonOut {
+  private buf: Buffer
+  length = 0
+
+  constructor (capacity = 4096) {
+    // Not from Node's pool: the bytes may be transferred to another thread.
+    this.buf = Buffer.allocUnsafeSlow(capacity)
+  }
+
+  private room (bytes: number): void {
+    if (this.length + bytes <= this.buf.length) return
+    const next = Buffer.allocUnsafeSlow(Math.max(this.buf.length * 2, this.length + bytes))
+    this.buf.copy(next, 0, 0, this.length)
+    this.buf = next
+  }
+
+  /** Text known to be ASCII (names, digits, base64, literal punctuation). */
+  ascii (text: string): void {
+    this.room(text.length)
+    this.length += this.buf.write(text, this.length, 'latin1')
+  }
+
+  /** Any text, UTF-8 encoded as it is (valid JSON already, or the inside of a string needing no escape). */
+  utf8 (text: string): void {
+    this.room(text.length * 3)
+    this.length += this.buf.write(text, this.length, 'utf8')
+  }
+
+  byte (b: number): void {
+    this.room(1)
+    this.buf[this.length++] = b
+  }
+
+  /** A JSON string: the text between quotes when nothing in it needs escaping, else JSON.stringify's. */
+  string (text: string): void {
+    if (NEEDS_ESCAPE.test(text)) {
+      this.utf8(quote(text))
+      return
+    }
+    this.byte(0x22)
+    this.utf8(text)
+    this.byte(0x22)
+  }
+
+  /** The bytes written (a view of this writer's buffer, which owns its ArrayBuffer). */
+  bytes (): Buffer {
+    return this.buf.subarray(0, this.length)
+  }
+}
+
 /**
  * One structured-mode CloudEvents JSON object (CloudEvents JSON format §3) with the storeid and
- * sequence extensions. Built by concatenation: JSON data is inlined as it is (already valid JSON).
+ * sequence extensions, appended to `out`. JSON data is inlined as it is (already valid JSON).
  */
-export function renderJson (ev: GridEvent, storeId: string, sequence: number): string {
-  let s = '{"specversion":"1.0","id":' + quote(ev.id) + ',"source":' + quote(ev.source) + ',"type":' + quote(ev.type)
-  if (ev.subject !== '') s += ',"subject":' + quote(ev.subject)
-  if (ev.time !== '') s += ',"time":' + quote(ev.time)
-  if (ev.datacontenttype !== undefined) s += ',"datacontenttype":' + quote(ev.datacontenttype)
+export function writeJson (out: JsonOut, ev: GridEvent, storeId: string, sequence: number): void {
+  out.ascii('{"specversion":"1.0","id":')
+  out.string(ev.id)
+  out.ascii(',"source":')
+  out.string(ev.source)
+  out.ascii(',"type":')
+  out.string(ev.type)
+  if (ev.subject !== '') { out.ascii(',"subject":'); out.string(ev.subject) }
+  if (ev.time !== '') { out.ascii(',"time":'); out.string(ev.time) }
+  if (ev.datacontenttype !== undefined) { out.ascii(',"datacontenttype":'); out.string(ev.datacontenttype) }
   const ext = ev.extensions
   for (const name in ext) {
     if (RENDERED.has(name)) continue
-    s += (ATTRIBUTE_NAME.test(name) ? ',"' + name + '":' : ',' + quote(name) + ':') + quote(ext[name] as string)
+    out.byte(0x2c)
+    if (ATTRIBUTE_NAME.test(name)) { out.byte(0x22); out.ascii(name); out.byte(0x22) } else out.string(name)
+    out.byte(0x3a)
+    out.string(ext[name] as string)
   }
-  s += ',"storeid":' + quote(storeId) + ',"sequence":"' + formatSequence(sequence) + '"'
+  out.ascii(',"storeid":')
+  out.string(storeId)
+  out.ascii(',"sequence":"')
+  out.ascii(formatSequence(sequence))
+  out.byte(0x22)
   const data = ev.data
   if (data !== undefined) {
-    if (data.kind === 'json') s += ',"data":' + data.text
-    else if (data.kind === 'text') s += ',"data":' + quote(data.text)
-    else s += ',"data_base64":"' + base64(data.bytes) + '"'
+    if (data.kind === 'json') { out.ascii(',"data":'); out.utf8(data.text) } else if (data.kind === 'text') { out.ascii(',"data":'); out.string(data.text) } else { out.ascii(',"data_base64":"'); out.ascii(base64(data.bytes)); out.byte(0x22) }
   }
-  return s + '}'
+  out.byte(0x7d)
+}
+
+/** writeJson as a string (dead-letter listings and tools; batches are written as bytes). */
+export function renderJson (ev: GridEvent, storeId: string, sequence: number): string {
+  const out = new JsonOut(512)
+  writeJson(out, ev, storeId, sequence)
+  return out.bytes().toString('utf8')
 }
 
 /**
  * A JSON array (application/cloudevents-batch+json) of stored events, or null when one of them has a
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
-export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): string | null {
-  return renderJsonBatchWith(events, storeId, decodeDirect)
+export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Buffer | null {
+  return writeJsonBatch(events, storeId, decodeDirect)
 }
 
 /** A JSON array of stored events, each decoded by `decode`; null as soon as one decodes to null. */
 export function renderJsonBatchWith (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, decode: (body: Uint8Array) => GridEvent | null): string | null {
-  let s = '['
+  return writeJsonBatch(events, storeId, decode)?.toString('utf8') ?? null
+}
+
+/** renderJsonBatchWith's text as UTF-8 bytes, written without building the text. */
+export function writeJsonBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, decode: (body: Uint8Array) => GridEvent | null): Buffer | null {
+  const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2)
+  out.byte(0x5b)
   for (let i = 0; i < events.length; i++) {
     const e = events[i] as { seq: number, body: Uint8Array }
     const ev = decode(e.body)
     if (ev === null) return null
-    if (i > 0) s += ','
-    s += renderJson(ev, storeId, e.seq)
+    if (i > 0) out.byte(0x2c)
+    writeJson(out, ev, storeId, e.seq)
   }
-  return s + ']'
+  out.byte(0x5d)
+  return out.bytes()
 }

@@ -1095,8 +1095,9 @@ function handle (req: Request): unknown {
     case 'readRendered': {
       if (reader === null) throw new Error('readRendered before init on a reader')
       const stored = reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)
-      const text = stored.length === 0 ? null : renderJsonBatchDirect(stored, req.storeId)
-      const page: PackedRenderedPage = { rows: packRows(stored), json: text === null ? null : ownBuffer(Buffer.from(text, 'utf8')) }
+      // The writer's buffer is its own (not Node's pool), so it is handed over as it is.
+      const json = stored.length === 0 ? null : renderJsonBatchDirect(stored, req.storeId)
+      const page: PackedRenderedPage = { rows: packRows(stored), json }
       transferNext = [page.rows.meta.buffer as ArrayBuffer, page.rows.data.buffer as ArrayBuffer]
       if (page.json !== null) transferNext.push(page.json.buffer as ArrayBuffer)
       return page
@@ -1130,10 +1131,6 @@ function handle (req: Request): unknown {
 /** Buffers the reply being built hands over instead of copying (set by handle(), taken by the reply). */
 let transferNext: ArrayBuffer[] = []
 
-/** The bytes in an ArrayBuffer of their own (a small Buffer.from may be a slice of Node's pool). */
-function ownBuffer (b: Buffer): Uint8Array {
-  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b)
-}
 
 port.on('message', (env: Envelope) => {
   let reply: Reply

@@ -5,7 +5,7 @@
 import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
 import { Agent, request, type Dispatcher } from 'undici'
-import { decodeEvent, renderJson } from '../../gateway/event.js'
+import { decodeEvent, JsonOut, JSON_BYTES_PER_EVENT, writeJson } from '../../gateway/event.js'
 import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
 
 const gzip = promisify(gzipCallback)
@@ -108,12 +108,15 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       // Rendered by the store's reader thread (a page of backlog read from SQLite).
       json = Buffer.from(batch.json.buffer, batch.json.byteOffset, batch.json.byteLength)
     } else {
-      // renderJsonBatch's output, rendered in slices so device traffic is served in between.
-      let text = '['
+      // renderJsonBatch's output as bytes, written in slices so device traffic is served in between.
+      const out = new JsonOut(JSON_BYTES_PER_EVENT * batch.events.length + 2)
+      out.byte(0x5b)
       await inSlices(batch.events, (e, i) => {
-        text += (i === 0 ? '' : ',') + renderJson(e.event ?? decodeEvent(e.body), batch.storeId, e.seq)
+        if (i > 0) out.byte(0x2c)
+        writeJson(out, e.event ?? decodeEvent(e.body), batch.storeId, e.seq)
       })
-      json = Buffer.from(text + ']', 'utf8')
+      out.byte(0x5d)
+      json = out.bytes()
     }
     if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
     // zlib runs on the libuv thread pool: compressing never blocks the event loop.

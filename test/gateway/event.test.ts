@@ -2,7 +2,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import protobuf from 'protobufjs'
 import {
-  decodeDirect, decodeEvent, decodeEventReference, encodeEvent, encodeEventReference, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence,
+  JsonOut, decodeDirect, decodeEvent, decodeEventReference, encodeEvent, encodeEventReference, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence, writeJson,
   type EventData, type GridEvent,
 } from '../../gateway/event.js'
 import { embedProto, protoPath, protoSource } from '../../gateway/proto/index.js'
@@ -239,6 +239,58 @@ test('renderJsonBatch renders stored events in order as one JSON array', () => {
   assert.deepEqual(batch.map(e => e['data'] ?? e['data_base64']), [[1, 2], 't', 'AQ=='])
   assert.ok(batch.every(e => e['storeid'] === STORE))
   assert.equal(renderJsonBatch([], STORE), '[]')
+})
+
+/** The renderer as it was written with strings (JSON.stringify for every string): the reference. */
+function referenceJson (ev: GridEvent, storeId: string, sequence: number): string {
+  const q = JSON.stringify
+  let s = '{"specversion":"1.0","id":' + q(ev.id) + ',"source":' + q(ev.source) + ',"type":' + q(ev.type)
+  if (ev.subject !== '') s += ',"subject":' + q(ev.subject)
+  if (ev.time !== '') s += ',"time":' + q(ev.time)
+  if (ev.datacontenttype !== undefined) s += ',"datacontenttype":' + q(ev.datacontenttype)
+  const skip = new Set(['specversion', 'id', 'source', 'type', 'subject', 'time', 'datacontenttype', 'dataschema', 'data', 'data_base64', 'storeid', 'sequence'])
+  for (const [name, value] of Object.entries(ev.extensions)) {
+    if (skip.has(name)) continue
+    s += ',' + q(name) + ':' + q(value)
+  }
+  s += ',"storeid":' + q(storeId) + ',"sequence":"' + formatSequence(sequence) + '"'
+  const data = ev.data
+  if (data?.kind === 'json') s += ',"data":' + data.text
+  else if (data?.kind === 'text') s += ',"data":' + q(data.text)
+  else if (data?.kind === 'binary') s += ',"data_base64":"' + Buffer.from(data.bytes).toString('base64') + '"'
+  return s + '}'
+}
+
+test('the byte writer writes exactly the UTF-8 of the string renderer, escapes, non-ASCII and lone surrogates included', () => {
+  const tricky = ['plain', 'quote " and backslash \\', 'tab\tnewline\ncontrol\u0001\u001f', 'é ü ß — 温度 🌡️', 'lone \ud800 high', 'lone \udc00 low', 'pair \ud83c\udf21 ok', '', '\u007f del', '</script>']
+  const shapes: GridEvent[] = []
+  for (const t of tricky) {
+    const ev = event({ kind: 'text', text: t }, 'text/plain; charset=utf-8')
+    ev.subject = `devices/${t}`
+    ev.extensions = { ...ev.extensions, deviceid: t, 'not-an-attribute-name': t }
+    shapes.push(ev)
+  }
+  shapes.push(event({ kind: 'json', text: '{"t":21.5,"s":"温度","e":"\\u0000"}' }, 'application/json'))
+  shapes.push(event({ kind: 'binary', bytes: new Uint8Array([0, 1, 2, 250, 251, 252, 253]) }, 'application/octet-stream'))
+  shapes.push(event())
+  const noSubject = event({ kind: 'json', text: '[1,2,3]' })
+  noSubject.subject = ''
+  noSubject.time = ''
+  shapes.push(noSubject)
+  // A writer that starts small has to grow several times within one event.
+  const batch = new JsonOut(8)
+  shapes.forEach((ev, i) => {
+    const want = Buffer.from(referenceJson(ev, STORE, 1000 + i), 'utf8')
+    const one = new JsonOut(16)
+    writeJson(one, ev, STORE, 1000 + i)
+    assert.deepEqual(one.bytes(), want, `shape ${i}`)
+    assert.equal(renderJson(ev, STORE, 1000 + i), want.toString('utf8'), `shape ${i} as a string`)
+    if (i > 0) batch.byte(0x2c)
+    writeJson(batch, ev, STORE, 1000 + i)
+  })
+  const text = batch.bytes().toString('utf8')
+  assert.equal(text, shapes.map((ev, i) => referenceJson(ev, STORE, 1000 + i)).join(','))
+  assert.equal(JSON.parse(`[${text}]`).length, shapes.length)
 })
 
 test('toProtoWithSequence adds storeid and sequence and keeps everything else', () => {
