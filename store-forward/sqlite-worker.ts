@@ -170,6 +170,22 @@ const MAX_PASSIVE_PASSES = 3
 /** How long the RESTART checkpoint waits for the writer to finish its transaction before giving up (ms). */
 const RESTART_BUSY_MS = 50
 
+type Checkpointed = NonNullable<MaintainResult['checkpoint']>
+
+/**
+ * One wal_checkpoint on db. SQLITE_BUSY (another connection holds a lock or an old snapshot the mode
+ * needs) is reported as busy with log -1, not thrown: the next round tries again.
+ */
+function walCheckpoint (db: Database.Database, mode: Checkpointed['mode']): Checkpointed {
+  try {
+    const r = (db.pragma(`wal_checkpoint(${mode})`) as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
+    return { mode, ...r }
+  } catch (err) {
+    if (sqliteCode(err) === 'SQLITE_BUSY') return { mode, busy: 1, log: -1, checkpointed: -1 }
+    throw err
+  }
+}
+
 function configure (db: Database.Database, readonly: boolean): void {
   if (!readonly) db.pragma('journal_mode = WAL')
   // better-sqlite3 is built with SQLITE_DEFAULT_WAL_SYNCHRONOUS=1: a connection that opens a file
@@ -748,7 +764,7 @@ class Writer {
     }
     // The routine PASSIVE checkpoint runs on the reader's connection (Store.maintain), so copying the
     // WAL back never holds up a commit; here only a WAL past walMaxBytes is truncated.
-    const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? this.checkpoint('TRUNCATE') : null
+    const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? walCheckpoint(this.db, 'TRUNCATE') : null
     const oldest = [...this.uplinks].map(([slot, u]) => ({
       slot,
       ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
@@ -784,19 +800,8 @@ class Writer {
     const limit = this.quota?.walMaxBytes
     const wal = this.walBytes()
     if (limit === undefined || wal <= limit) return wal
-    this.checkpoint('TRUNCATE')
+    walCheckpoint(this.db, 'TRUNCATE')
     return this.walBytes()
-  }
-
-  private checkpoint (mode: 'PASSIVE' | 'TRUNCATE'): MaintainResult['checkpoint'] {
-    try {
-      const r = (this.db.pragma(`wal_checkpoint(${mode})`) as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
-      return { mode, ...r }
-    } catch (err) {
-      // SQLITE_BUSY: a reader holds an old snapshot; the next round tries again.
-      if (sqliteCode(err) === 'SQLITE_BUSY') return { mode, busy: 1, log: -1, checkpointed: -1 }
-      throw err
-    }
   }
 
   private state (walBytes = this.walBytes()): WriterState {
@@ -992,24 +997,19 @@ class Reader {
    * in WAL mode a PASSIVE checkpoint runs beside the writer, and at 5,000 events/s a second's worth of
    * WAL (tens of MiB) took the writer's commits 10-70 ms to wait out.
    */
-  checkpoint (): NonNullable<MaintainResult['checkpoint']> {
-    let passive: { busy: number, log: number, checkpointed: number }
+  checkpoint (): Checkpointed {
+    let passive: Checkpointed
     let passes = 0
-    try {
-      let took: number
-      do {
-        const started = performance.now()
-        passive = (this.db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
-        took = performance.now() - started
-        passes++
-        // A long copy leaves as long a stretch of new frames: copy those beside the writer too, so the
-        // RESTART below (which holds commits) has only a moment's worth left.
-      } while (passive.busy === 0 && took >= PASSIVE_AGAIN_MS && passes < MAX_PASSIVE_PASSES)
-    } catch (err) {
-      if (sqliteCode(err) === 'SQLITE_BUSY') return { mode: 'PASSIVE', busy: 1, log: -1, checkpointed: -1 }
-      throw err
-    }
-    if (passive.busy !== 0 || passive.log < RESTART_MIN_FRAMES) return { mode: 'PASSIVE', ...passive }
+    let took: number
+    do {
+      const started = performance.now()
+      passive = walCheckpoint(this.db, 'PASSIVE')
+      took = performance.now() - started
+      passes++
+      // A long copy leaves as long a stretch of new frames: copy those beside the writer too, so the
+      // RESTART below (which holds commits) has only a moment's worth left.
+    } while (passive.busy === 0 && took >= PASSIVE_AGAIN_MS && passes < MAX_PASSIVE_PASSES)
+    if (passive.busy !== 0 || passive.log < RESTART_MIN_FRAMES) return passive
     // Under steady ingest a commit always lands while the PASSIVE checkpoint runs, so the WAL is never
     // wholly copied when the next commit starts and the writer never rewinds it: the file grew to
     // walMaxBytes, and the writer's TRUNCATE then held commits for 40-150 ms every few seconds
@@ -1018,12 +1018,9 @@ class Reader {
     // its beginning again (same file, same size: no metadata to journal on the next fsync).
     this.db.pragma(`busy_timeout = ${RESTART_BUSY_MS}`)
     try {
-      const r = (this.db.pragma('wal_checkpoint(RESTART)') as Array<{ busy: number, log: number, checkpointed: number }>)[0]!
-      return { mode: 'RESTART', ...r }
-    } catch (err) {
-      // The writer held on longer than RESTART_BUSY_MS: the next round tries again.
-      if (sqliteCode(err) === 'SQLITE_BUSY') return { mode: 'PASSIVE', ...passive }
-      throw err
+      const restart = walCheckpoint(this.db, 'RESTART')
+      // log -1: the writer held on longer than RESTART_BUSY_MS; the next round tries again.
+      return restart.log === -1 ? passive : restart
     } finally {
       this.db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
     }

@@ -421,73 +421,71 @@ function allocatedBytes (file: string): number | null {
 
 async function measureRun (ctx: Ctx, gw: Gateway, label: string, load: MqttLoad, chart: boolean): Promise<Record<string, unknown> & { loadgen: LoadgenResult }> {
   const { rx } = ctx
-  {
-    await sleep(1000)
-    // Reset now, so the receiver's timeline starts with the load (its warm-up seconds are the load's).
-    await rx.reset()
-    const idle = procSample(gw.pid)
-    const m0 = await scrape(gw.admin)
-    const sampler = new Sampler(gw.pid, gw.admin)
-    const rx0 = procSample(ctx.rxPid)
-    const g0 = procSample(gw.pid)
-    const th0 = threadCpu(gw.pid)
-    const t0 = performance.now()
-    const lg = await mqttLoad(gw.proc.mqttPort, load)
-    const allDelivered = await rx.waitFor(lg.acked, 120_000)
-    const deliveredSeconds = (performance.now() - t0) / 1000
-    const samples = sampler.stop()
-    const g1 = procSample(gw.pid)
-    const threads = threadCpuDelta(gw.pid, th0, threadCpu(gw.pid))
-    const rx1 = procSample(ctx.rxPid)
-    const m1 = await scrape(gw.admin)
-    const report = await rx.report()
-    const gu = usage(g0, g1)
-    const lags = samples.map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null).sort((a, b) => a - b)
-    const samplesAfterWarmup = samples.filter(s => s.t > WARMUP_SECONDS + 0.5).map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null)
-    const commits = commitsBetween(m0, m1)
-    if (chart) {
-      ctx.charts.push([
-        { title: `${label}: throughput`, unit: 'msgs/s', series: [{ name: 'PUBACKed', points: lg.timeline.map(p => [p.t, p.count]) }, { name: 'delivered to cloud', points: report.timeline.map(p => [p.t, p.count]) }] },
-        { title: `${label}: latency`, unit: 'ms', series: [
-          { name: 'PUBACK p50', points: lg.timeline.map(p => [p.t, p.p50]) }, { name: 'PUBACK p99', points: lg.timeline.map(p => [p.t, p.p99]) },
-          { name: 'device→cloud p99', points: report.timeline.map(p => [p.t, p.p99]) },
-          { name: 'event loop p99', points: samples.filter(s => s.eventLoopP99Ms !== null).map(s => [s.t, s.eventLoopP99Ms!]) },
-        ] },
-        { title: `${label}: gateway`, unit: 'MiB RSS / % CPU', series: [{ name: 'RSS MiB', points: samples.map(s => [s.t, s.rssMiB]) }, { name: 'CPU %', points: samples.map(s => [s.t, s.cpuPercent]) }] },
-      ])
-    }
-    return {
-      loadgen: lg,
-      msgsPerSec: lg.msgsPerSec,
-      pubackMs: lg.ackMs,
-      deviceToCloudMs: report.latencyMs,
-      /** The same without the first WARMUP_SECONDS (JIT warm-up, connections coming up). */
-      afterWarmup: {
-        seconds: WARMUP_SECONDS,
-        pubackMs: lg.ackMsAfterWarmup,
-        deviceToCloudMs: report.latencyMsAfterWarmup,
-        eventLoopP99Ms: { max: Math.max(...samplesAfterWarmup), median: samplesAfterWarmup.sort((a, b) => a - b)[Math.floor(samplesAfterWarmup.length / 2)] ?? null },
-      },
-      delivered: report.events,
-      allDelivered,
-      deliveredSeconds: Number(deliveredSeconds.toFixed(2)),
-      uplinkBatches: report.batches,
-      eventLoopP99Ms: { max: lags.at(-1) ?? null, median: lags[Math.floor(lags.length / 2)] ?? null, samples: lags.length, note: 'per 1 s window: p99 of monitorEventLoopDelay minus its 10 ms sampling interval' },
-      gateway: {
-        idleRssMiB: MiB(idle?.rss ?? 0),
-        ...gu,
-        cpuPerMessageUs: perMessageUs(gu.cpuSeconds, lg.acked),
-        /** Where the CPU went: the main thread (network, MQTT, ingest, forwarding) and the busiest other threads (SQLite workers, libuv). */
-        threadCpuSeconds: threads,
-        mainThreadBusy: Number((threads.mainSeconds / deliveredSeconds).toFixed(2)),
-        writeBytesPerEvent: lg.acked === 0 ? 0 : Math.round(gu.writeBytes / lg.acked),
-        commits,
-        eventsPerCommit: commits === null || commits === 0 ? null : Number((lg.acked / commits).toFixed(1)),
-      },
-      receiver: { cpuSeconds: usage(rx0, rx1).cpuSeconds, cpuPerMessageUs: perMessageUs(usage(rx0, rx1).cpuSeconds, report.events) },
-      loadgenCpuPerMessageUs: perMessageUs(lg.cpuSeconds, lg.acked),
-      timeline: samples,
-    }
+  await sleep(1000)
+  // Reset now, so the receiver's timeline starts with the load (its warm-up seconds are the load's).
+  await rx.reset()
+  const idle = procSample(gw.pid)
+  const m0 = await scrape(gw.admin)
+  const sampler = new Sampler(gw.pid, gw.admin)
+  const rx0 = procSample(ctx.rxPid)
+  const g0 = procSample(gw.pid)
+  const th0 = threadCpu(gw.pid)
+  const t0 = performance.now()
+  const lg = await mqttLoad(gw.proc.mqttPort, load)
+  const allDelivered = await rx.waitFor(lg.acked, 120_000)
+  const deliveredSeconds = (performance.now() - t0) / 1000
+  const samples = sampler.stop()
+  const g1 = procSample(gw.pid)
+  const threads = threadCpuDelta(gw.pid, th0, threadCpu(gw.pid))
+  const rx1 = procSample(ctx.rxPid)
+  const m1 = await scrape(gw.admin)
+  const report = await rx.report()
+  const gu = usage(g0, g1)
+  const lags = samples.map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null).sort((a, b) => a - b)
+  const samplesAfterWarmup = samples.filter(s => s.t > WARMUP_SECONDS + 0.5).map(s => s.eventLoopP99Ms).filter((x): x is number => x !== null)
+  const commits = commitsBetween(m0, m1)
+  if (chart) {
+    ctx.charts.push([
+      { title: `${label}: throughput`, unit: 'msgs/s', series: [{ name: 'PUBACKed', points: lg.timeline.map(p => [p.t, p.count]) }, { name: 'delivered to cloud', points: report.timeline.map(p => [p.t, p.count]) }] },
+      { title: `${label}: latency`, unit: 'ms', series: [
+        { name: 'PUBACK p50', points: lg.timeline.map(p => [p.t, p.p50]) }, { name: 'PUBACK p99', points: lg.timeline.map(p => [p.t, p.p99]) },
+        { name: 'device→cloud p99', points: report.timeline.map(p => [p.t, p.p99]) },
+        { name: 'event loop p99', points: samples.filter(s => s.eventLoopP99Ms !== null).map(s => [s.t, s.eventLoopP99Ms!]) },
+      ] },
+      { title: `${label}: gateway`, unit: 'MiB RSS / % CPU', series: [{ name: 'RSS MiB', points: samples.map(s => [s.t, s.rssMiB]) }, { name: 'CPU %', points: samples.map(s => [s.t, s.cpuPercent]) }] },
+    ])
+  }
+  return {
+    loadgen: lg,
+    msgsPerSec: lg.msgsPerSec,
+    pubackMs: lg.ackMs,
+    deviceToCloudMs: report.latencyMs,
+    /** The same without the first WARMUP_SECONDS (JIT warm-up, connections coming up). */
+    afterWarmup: {
+      seconds: WARMUP_SECONDS,
+      pubackMs: lg.ackMsAfterWarmup,
+      deviceToCloudMs: report.latencyMsAfterWarmup,
+      eventLoopP99Ms: { max: Math.max(...samplesAfterWarmup), median: samplesAfterWarmup.sort((a, b) => a - b)[Math.floor(samplesAfterWarmup.length / 2)] ?? null },
+    },
+    delivered: report.events,
+    allDelivered,
+    deliveredSeconds: Number(deliveredSeconds.toFixed(2)),
+    uplinkBatches: report.batches,
+    eventLoopP99Ms: { max: lags.at(-1) ?? null, median: lags[Math.floor(lags.length / 2)] ?? null, samples: lags.length, note: 'per 1 s window: p99 of monitorEventLoopDelay minus its 10 ms sampling interval' },
+    gateway: {
+      idleRssMiB: MiB(idle?.rss ?? 0),
+      ...gu,
+      cpuPerMessageUs: perMessageUs(gu.cpuSeconds, lg.acked),
+      /** Where the CPU went: the main thread (network, MQTT, ingest, forwarding) and the busiest other threads (SQLite workers, libuv). */
+      threadCpuSeconds: threads,
+      mainThreadBusy: Number((threads.mainSeconds / deliveredSeconds).toFixed(2)),
+      writeBytesPerEvent: lg.acked === 0 ? 0 : Math.round(gu.writeBytes / lg.acked),
+      commits,
+      eventsPerCommit: commits === null || commits === 0 ? null : Number((lg.acked / commits).toFixed(1)),
+    },
+    receiver: { cpuSeconds: usage(rx0, rx1).cpuSeconds, cpuPerMessageUs: perMessageUs(usage(rx0, rx1).cpuSeconds, report.events) },
+    loadgenCpuPerMessageUs: perMessageUs(lg.cpuSeconds, lg.acked),
+    timeline: samples,
   }
 }
 
