@@ -197,7 +197,6 @@ async function main (): Promise<void> {
     }
 
     let c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
-    const upAt = performance.now()
     const upAtWall = Date.now()
     const receiver = fork(fileURLToPath(import.meta.url), ['--serve', o.type, '--port', String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     await new Promise<void>((resolve, reject) => {
@@ -210,15 +209,18 @@ async function main (): Promise<void> {
     const closeReceiver = async (): Promise<void> => { receiver.kill('SIGKILL') }
     log('receiver up; draining with live traffic')
 
-    // Live traffic: rate msgs/s in 10 ms ticks, each PUBACK timed.
+    // Live traffic: rate msgs/s in 10 ms ticks, each PUBACK timed. The rate's clock starts once the
+    // connection is up: counted from the receiver's start, the first tick sent everything "due" while
+    // the receiver started and the client connected (a burst of a few hundred at once, not 1000 msgs/s).
     const live = await connect(gw.mqttPort, 'live')
+    const liveAt = performance.now()
     const latencies: number[] = []
     // PUBACK latency while the backlog drains, and after it (the baseline on this machine).
     const during: number[] = []
     const after: number[] = []
     let sent = 0
     const tick = setInterval(() => {
-      const due = Math.floor((performance.now() - upAt) / 1000 * o.rate) - sent
+      const due = Math.floor((performance.now() - liveAt) / 1000 * o.rate) - sent
       for (let i = 0; i < due; i++) {
         const at = performance.now()
         sent++

@@ -6,6 +6,7 @@ import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import mqttPacket from 'mqtt-packet'
 import fs from 'node:fs'
+import { createRequire } from 'node:module'
 import { tempDir, waitFor, repoRoot } from '../helpers/util.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
@@ -270,4 +271,16 @@ test('the mqtt-packet version is the one patches/ was written for, and its debug
   for (const file of ['parser.js', 'writeToStream.js']) {
     assert.match(fs.readFileSync(path.join(dir, file), 'utf8'), /gridgate patch[\s\S]*const debug = debugLog\.enabled \? debugLog : function \(\) \{\}/, file)
   }
+})
+
+test('the broker writes PUBACKs without mqtt-packet\'s 65,536-entry packet-identifier table (6.7 MiB of heap, a 100 ms pause at the first connection)', async (t) => {
+  const numbers = createRequire(import.meta.url)('mqtt-packet/numbers.js') as { cache: Record<number, Buffer> }
+  const { port, rx } = await setup(t)
+  const c = await rawClient(t, port, 'numbers-1', 'sensor-1', TOKENS['sensor-1']!)
+  c.send({ cmd: 'publish', topic: 'devices/sensor-1/telemetry', payload: Buffer.from('{"n":1}'), qos: 1, messageId: 4660 })
+  const ack = await waitFor(() => c.packets.find(p => p.cmd === 'puback'), 'PUBACK') as mqttPacket.IPubackPacket
+  assert.equal(ack.messageId, 4660)
+  await waitFor(() => rx.events.length === 1, 'forwarded')
+  assert.equal(mqttPacket.writeToStream.cacheNumbers, false)
+  assert.equal(Object.keys(numbers.cache).length, 0, 'the identifier table was built')
 })
