@@ -21,7 +21,7 @@ import { Forwarder } from '../store-forward/forwarder.js'
 import type { Sink } from '../store-forward/sink.js'
 import { EndpointSet, endpointLabel } from '../store-forward/endpoints.js'
 import { createHttpSink } from '../adapters/uplink-http/index.js'
-import { createGrpcSink } from '../adapters/uplink-grpc/index.js'
+import type { createGrpcSink as CreateGrpcSink } from '../adapters/uplink-grpc/index.js'
 import { MqttAdapter } from '../adapters/mqtt/index.js'
 import { CoapAdapter } from '../adapters/coap/index.js'
 import { HttpAdapter } from '../adapters/http/index.js'
@@ -40,10 +40,22 @@ export interface GatewayOptions {
   maintainIntervalMs?: number
 }
 
+/**
+ * The gRPC sink and @grpc/grpc-js (2.7 MiB of heap, with its HTTP/2 stack) are loaded only when an
+ * uplink of type grpc is configured (loadSinkModules, before the forwarders start).
+ */
+let createGrpcSink: typeof CreateGrpcSink | null = null
+
+async function loadSinkModules (uplinks: readonly UplinkConfig[]): Promise<void> {
+  if (createGrpcSink === null && uplinks.some(u => u.type === 'grpc')) {
+    createGrpcSink = (await import('../adapters/uplink-grpc/index.js')).createGrpcSink
+  }
+}
+
 /** The config's `type` picks the sink factory; each endpoint gets its own sink. */
 const sinkFactories: { [K in UplinkConfig['type']]: (u: Extract<UplinkConfig, { type: K }>, endpoint: string) => Sink } = {
   http: (u, url) => createHttpSink({ url, timeoutMs: u.timeout, ...deliveryOptions(u) }),
-  grpc: (u, address) => createGrpcSink({ address, timeoutMs: u.timeout, reconnectMaxMs: u.retry.maxDelay, ...deliveryOptions(u) }),
+  grpc: (u, address) => createGrpcSink!({ address, timeoutMs: u.timeout, reconnectMaxMs: u.retry.maxDelay, ...deliveryOptions(u) }),
 }
 
 /** Endpoints, selection and circuit breakers around the per-endpoint sinks (store-forward/endpoints.ts). */
@@ -193,6 +205,7 @@ export class Gateway {
     })
     this.metrics.storeReady.set(1)
 
+    await loadSinkModules(c.uplinks)
     for (const u of c.uplinks) {
       const state = this.store.uplinks.get(u.name)!
       const f = new Forwarder({
