@@ -3,7 +3,7 @@
 // worker in the single executable cannot load .proto files); gateway/event.ts adds protobufjs for
 // every other shape and re-exports all of it.
 
-import { Buffer } from 'node:buffer'
+import { Buffer, isUtf8 } from 'node:buffer'
 
 export type EventData =
   | { kind: 'json', text: string } // normalized JSON text (always valid JSON), datacontenttype application/json
@@ -336,6 +336,9 @@ const quote = JSON.stringify as (s: string) => string
 /** A first guess at an event's size in a JSON batch (the writer grows past it). */
 export const JSON_BYTES_PER_EVENT = 768
 
+/** Lowercase hex digits, as JSON.stringify writes \u00XX escapes. */
+const HEX = Buffer.from('0123456789abcdef', 'latin1')
+
 /** Characters JSON.stringify would escape (quotes, backslash, controls) or must look at (surrogates). */
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/
 
@@ -386,6 +389,80 @@ export class JsonOut {
     this.byte(0x22)
     this.utf8(text)
     this.byte(0x22)
+  }
+
+  /** Bytes copied as they are: JSON text already, known to be valid UTF-8. */
+  raw (src: Buffer, start: number, end: number): void {
+    this.room(end - start)
+    this.length += src.copy(this.buf, this.length, start, end)
+  }
+
+  /**
+   * A JSON string of the text UTF-8 bytes encode, escaped byte by byte exactly as JSON.stringify
+   * escapes that text. False (and the writer as it was) when the bytes are not valid UTF-8: decoding
+   * would have replaced them, so the caller renders from the decoded text instead.
+   */
+  escaped (src: Buffer, start: number, end: number): boolean {
+    this.room(2 + 6 * (end - start))
+    const buf = this.buf
+    let at = this.length
+    let high = 0
+    buf[at++] = 0x22
+    for (let i = start; i < end; i++) {
+      const b = src[i]!
+      if (b >= 0x20 && b !== 0x22 && b !== 0x5c) {
+        high |= b
+        buf[at++] = b
+        continue
+      }
+      buf[at++] = 0x5c
+      switch (b) {
+        case 0x22: buf[at++] = 0x22; break
+        case 0x5c: buf[at++] = 0x5c; break
+        case 0x08: buf[at++] = 0x62; break
+        case 0x09: buf[at++] = 0x74; break
+        case 0x0a: buf[at++] = 0x6e; break
+        case 0x0c: buf[at++] = 0x66; break
+        case 0x0d: buf[at++] = 0x72; break
+        default:
+          buf[at++] = 0x75; buf[at++] = 0x30; buf[at++] = 0x30
+          buf[at++] = HEX[b >> 4]!; buf[at++] = HEX[b & 15]!
+      }
+    }
+    buf[at++] = 0x22
+    if (high >= 0x80 && !isUtf8(src.subarray(start, end))) return false
+    this.length = at
+    return true
+  }
+
+  /** Bytes copied in JS (a native copy costs more for a few bytes): names, constant pieces. */
+  small (src: Uint8Array, start = 0, end = src.length): void {
+    this.room(end - start)
+    const buf = this.buf
+    let at = this.length
+    for (let i = start; i < end; i++) buf[at++] = src[i]!
+    this.length = at
+  }
+
+  /** A non-negative integer in decimal, zero-padded to `width` digits. */
+  padded (n: number, width: number): void {
+    this.room(Math.max(width, 17))
+    const buf = this.buf
+    let digits = 1
+    for (let m = n; m >= 10; m = Math.floor(m / 10)) digits++
+    let at = this.length
+    for (let i = digits; i < width; i++) buf[at++] = 0x30
+    let end = at + digits
+    this.length = end
+    do {
+      buf[--end] = 0x30 + (n % 10)
+      n = Math.floor(n / 10)
+    } while (n > 0)
+  }
+
+  /** Drops what was written after `length` (an event given up half way). */
+  truncate (length: number): void {
+    this.length = length
   }
 
   /** The bytes written (a view of this writer's buffer, which owns its ArrayBuffer). */
@@ -440,7 +517,264 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
 export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Buffer | null {
-  return writeJsonBatch(events, storeId, decodeDirect)
+  const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2)
+  const storeIdJson = Buffer.from(quote(storeId), 'utf8')
+  out.byte(0x5b)
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i] as { seq: number, body: Uint8Array }
+    if (i > 0) out.byte(0x2c)
+    const body = Buffer.isBuffer(e.body) ? e.body : Buffer.from(e.body.buffer, e.body.byteOffset, e.body.byteLength)
+    if (transcodeJson(out, body, storeIdJson, e.seq)) continue
+    const ev = decodeDirect(body)
+    if (ev === null) return null
+    writeJson(out, ev, storeId, e.seq)
+  }
+  out.byte(0x5d)
+  return out.bytes()
+}
+
+// ---- protobuf to JSON without decoding ------------------------------------------------------------
+// Forwarding a backlog renders every stored event as JSON on the reader thread. Decoding each into a
+// GridEvent (a string per field) and writing that out again was most of the reader's time; this walks
+// the stored bytes once, notes where each field's bytes are, and copies them into the JSON, escaping
+// as it goes. It writes exactly what writeJson(decodeDirect(bytes)) writes (tested byte for byte) and
+// gives up, leaving the event to that pair, on anything unusual: what decodeDirect refuses, attribute
+// names that are not ASCII or are all digits (a JS object lists those first), invalid UTF-8.
+
+const MAX_TRANSCODED_ATTRIBUTES = 64
+/** Per attribute: name start/end, a string value's start/end, a time stamp's milliseconds (else -1), its slot. */
+const tcName = new Int32Array(2 * MAX_TRANSCODED_ATTRIBUTES)
+const tcValue = new Int32Array(2 * MAX_TRANSCODED_ATTRIBUTES)
+const tcStamp = new Float64Array(MAX_TRANSCODED_ATTRIBUTES)
+const tcSlot = new Uint8Array(MAX_TRANSCODED_ATTRIBUTES)
+/** Time stamps from here on are left to fromTimestamp (which refuses what Date cannot hold). */
+const MAX_FAST_SECONDS = 8_640_000_000_000 - 1
+/** toISOString of the last whole second rendered, up to and with its '.': consecutive events share it. */
+let tcSecond = -1
+let tcSecondIso = Buffer.alloc(0)
+
+const JSON_HEAD = Buffer.from('{"specversion":"1.0","id":', 'latin1')
+const JSON_SOURCE = Buffer.from(',"source":', 'latin1')
+const JSON_TYPE = Buffer.from(',"type":', 'latin1')
+const JSON_SUBJECT = Buffer.from(',"subject":', 'latin1')
+const JSON_TIME = Buffer.from(',"time":', 'latin1')
+const JSON_CONTENT_TYPE = Buffer.from(',"datacontenttype":', 'latin1')
+const JSON_STORE_ID = Buffer.from(',"storeid":', 'latin1')
+const JSON_SEQUENCE = Buffer.from(',"sequence":"', 'latin1')
+const JSON_DATA = Buffer.from(',"data":', 'latin1')
+const JSON_DATA_BASE64 = Buffer.from(',"data_base64":"', 'latin1')
+
+/** A time stamp (ms, below MAX_FAST_SECONDS s) as the JSON string fromTimestamp's text makes. */
+function writeStamp (out: JsonOut, ms: number): void {
+  const second = Math.floor(ms / 1000)
+  if (second !== tcSecond) {
+    const iso = new Date(second * 1000).toISOString()
+    tcSecondIso = Buffer.from(iso.slice(0, iso.length - 4), 'latin1')
+    tcSecond = second
+  }
+  out.byte(0x22)
+  out.small(tcSecondIso)
+  out.padded(ms - second * 1000, 3)
+  out.byte(0x5a)
+  out.byte(0x22)
+}
+
+const enum Slot { Extension, Time, Subject, ContentType, Ignored, Rendered, Unusual }
+
+function asciiIs (buf: Buffer, start: number, len: number, name: string): boolean {
+  if (name.length !== len) return false
+  for (let i = 0; i < len; i++) if (buf[start + i] !== name.charCodeAt(i)) return false
+  return true
+}
+
+/** Where setAttribute and writeJson put an attribute of this name. */
+function slotOf (buf: Buffer, start: number, end: number): Slot {
+  const len = end - start
+  let digits = len > 0
+  for (let i = start; i < end; i++) {
+    const b = buf[i]!
+    if (b >= 0x80) return Slot.Unusual
+    if (b < 0x30 || b > 0x39) digits = false
+  }
+  if (digits) return Slot.Unusual
+  switch (len) {
+    case 2: return asciiIs(buf, start, len, 'id') ? Slot.Ignored : Slot.Extension
+    case 4: return asciiIs(buf, start, len, 'time') ? Slot.Time : asciiIs(buf, start, len, 'type') || asciiIs(buf, start, len, 'data') ? Slot.Ignored : Slot.Extension
+    case 6: return asciiIs(buf, start, len, 'source') ? Slot.Ignored : Slot.Extension
+    case 7: return asciiIs(buf, start, len, 'subject') ? Slot.Subject : asciiIs(buf, start, len, 'storeid') ? Slot.Rendered : Slot.Extension
+    case 8: return asciiIs(buf, start, len, 'sequence') ? Slot.Rendered : Slot.Extension
+    case 11: return asciiIs(buf, start, len, 'specversion') ? Slot.Ignored : asciiIs(buf, start, len, 'data_base64') ? Slot.Rendered : Slot.Extension
+    case 15: return asciiIs(buf, start, len, 'datacontenttype') ? Slot.ContentType : Slot.Extension
+    default: return Slot.Extension
+  }
+}
+
+const APPLICATION_JSON = Buffer.from('application/json', 'latin1')
+
+/**
+ * One stored event as writeJson renders it, appended to `out` straight from its protobuf bytes;
+ * false (and `out` as it was) when the event needs decoding first (see above).
+ */
+export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, sequence: number): boolean {
+  const mark = out.length
+  let at = 0
+  const end = buf.length
+  let bad = false
+  const varint = (): number => {
+    let n = 0
+    let mul = 1
+    for (let i = 0; i < 8; i++) {
+      if (at >= end) { bad = true; return 0 }
+      const b = buf[at++]!
+      n += (b & 0x7f) * mul
+      if (b < 0x80) return n
+      mul *= 128
+    }
+    bad = true
+    return 0
+  }
+  const length = (): number => {
+    const len = varint()
+    if (at + len > end) { bad = true; return 0 }
+    return len
+  }
+  let idS = 0; let idE = 0; let srcS = 0; let srcE = 0; let typeS = 0; let typeE = 0
+  let seen = 0
+  let dataKind = 0; let dataS = 0; let dataE = 0
+  let n = 0
+  // The attribute in each slot of its own (-1: absent); the others are extensions, in wire order.
+  let time = -1; let subject = -1; let contentType = -1
+  while (at < end) {
+    const tag = varint()
+    if (bad) return false
+    const field = Math.floor(tag / 8)
+    if (tag % 8 !== 2 || field < 1 || field > 7) return false
+    const bit = 1 << field
+    if (field !== 5 && (seen & bit) !== 0) return false
+    seen |= bit
+    if (field === 5) {
+      const entryLen = length()
+      const entryEnd = at + entryLen
+      if (bad || varint() !== TAG_ENTRY_KEY) return false
+      const nameLen = length()
+      if (bad || n === MAX_TRANSCODED_ATTRIBUTES) return false
+      const nameS = at
+      at += nameLen
+      for (let k = 0; k < n; k++) {
+        const s = tcName[2 * k]!
+        if (tcName[2 * k + 1]! - s !== nameLen) continue
+        let i = 0
+        while (i < nameLen && buf[s + i] === buf[nameS + i]) i++
+        if (i === nameLen) return false
+      }
+      if (varint() !== TAG_ENTRY_VALUE) return false
+      const valueLen = length()
+      const valueEnd = at + valueLen
+      const kind = varint()
+      if (bad) return false
+      tcName[2 * n] = nameS
+      tcName[2 * n + 1] = nameS + nameLen
+      if (kind === TAG_CE_STRING) {
+        const len = length()
+        if (bad) return false
+        tcValue[2 * n] = at
+        tcValue[2 * n + 1] = at + len
+        tcStamp[n] = -1
+        at += len
+      } else if (kind === TAG_CE_TIMESTAMP) {
+        const tsLen = length()
+        const tsEnd = at + tsLen
+        let seconds = 0
+        let nanos = 0
+        while (at < tsEnd && !bad) {
+          const t = varint()
+          if (t === TAG_SECONDS) seconds = varint()
+          else if (t === TAG_NANOS) nanos = varint()
+          else return false
+        }
+        if (bad || seconds > MAX_FAST_SECONDS || nanos >= 1_000_000_000) return false
+        tcStamp[n] = seconds * 1000 + Math.floor(nanos / 1_000_000)
+      } else {
+        return false
+      }
+      if (at !== valueEnd || at !== entryEnd) return false
+      const slot = slotOf(buf, nameS, nameS + nameLen)
+      tcSlot[n] = slot
+      switch (slot) {
+        case Slot.Unusual: return false
+        case Slot.Time: time = n; break
+        case Slot.Subject: subject = n; break
+        case Slot.ContentType: contentType = n; break
+        default: break
+      }
+      n++
+      continue
+    }
+    const len = length()
+    if (bad) return false
+    switch (field) {
+      case 1: idS = at; idE = at + len; break
+      case 2: srcS = at; srcE = at + len; break
+      case 4: typeS = at; typeE = at + len; break
+      case 6: case 7:
+        if (dataKind !== 0) return false
+        dataKind = field; dataS = at; dataE = at + len
+        break
+      default: break // 3: spec_version, not rendered from the bytes
+    }
+    at += len
+  }
+  // A slot's value: the time stamp's text, else the string's bytes; false on invalid UTF-8.
+  const value = (k: number): boolean => {
+    const ms = tcStamp[k]!
+    if (ms < 0) return out.escaped(buf, tcValue[2 * k]!, tcValue[2 * k + 1]!)
+    writeStamp(out, ms)
+    return true
+  }
+  const empty = (k: number): boolean => tcStamp[k]! < 0 && tcValue[2 * k] === tcValue[2 * k + 1]
+  out.small(JSON_HEAD)
+  let ok = out.escaped(buf, idS, idE)
+  out.small(JSON_SOURCE)
+  ok = ok && out.escaped(buf, srcS, srcE)
+  out.small(JSON_TYPE)
+  ok = ok && out.escaped(buf, typeS, typeE)
+  if (ok && subject >= 0 && !empty(subject)) { out.small(JSON_SUBJECT); ok = value(subject) }
+  if (ok && time >= 0 && !empty(time)) { out.small(JSON_TIME); ok = value(time) }
+  if (ok && contentType >= 0) { out.small(JSON_CONTENT_TYPE); ok = value(contentType) }
+  for (let k = 0; ok && k < n; k++) {
+    if (tcSlot[k] !== Slot.Extension) continue
+    const s = tcName[2 * k]!
+    const e = tcName[2 * k + 1]!
+    out.byte(0x2c)
+    let plain = e > s
+    for (let i = s; i < e && plain; i++) { const b = buf[i]!; plain = (b >= 0x61 && b <= 0x7a) || (b >= 0x30 && b <= 0x39) }
+    if (plain) { out.byte(0x22); out.small(buf, s, e); out.byte(0x22) } else out.escaped(buf, s, e)
+    out.byte(0x3a)
+    ok = value(k)
+  }
+  if (!ok) { out.truncate(mark); return false }
+  out.small(JSON_STORE_ID)
+  out.small(storeIdJson)
+  out.small(JSON_SEQUENCE)
+  if (!Number.isSafeInteger(sequence) || sequence < 0) formatSequence(sequence) // throws its RangeError
+  out.padded(sequence, 20)
+  out.byte(0x22)
+  if (dataKind === 7) {
+    const json = contentType >= 0 && tcStamp[contentType]! < 0 &&
+      tcValue[2 * contentType + 1]! - tcValue[2 * contentType]! === APPLICATION_JSON.length &&
+      buf.compare(APPLICATION_JSON, 0, APPLICATION_JSON.length, tcValue[2 * contentType]!, tcValue[2 * contentType + 1]!) === 0
+    out.small(JSON_DATA)
+    if (json) {
+      if (!isUtf8(buf.subarray(dataS, dataE))) { out.truncate(mark); return false }
+      out.raw(buf, dataS, dataE)
+    } else if (!out.escaped(buf, dataS, dataE)) { out.truncate(mark); return false }
+  } else if (dataKind === 6) {
+    out.small(JSON_DATA_BASE64)
+    out.ascii(buf.toString('base64', dataS, dataE))
+    out.byte(0x22)
+  }
+  out.byte(0x7d)
+  return true
 }
 
 /** A JSON array of stored events, each decoded by `decode`; null as soon as one decodes to null. */

@@ -5,6 +5,7 @@ import {
   JsonOut, decodeDirect, decodeEvent, decodeEventReference, encodeEvent, encodeEventReference, encodeProtoBatch, formatSequence, renderJson, renderJsonBatch, toProtoWithSequence, writeJson,
   type EventData, type GridEvent,
 } from '../../gateway/event.js'
+import { renderJsonBatchDirect, transcodeJson, writeJsonBatch } from '../../gateway/event-wire.js'
 import { embedProto, protoPath, protoSource } from '../../gateway/proto/index.js'
 
 const STORE = '5f0c7a4e-8a3b-4c1e-9d2f-1b2c3d4e5f60'
@@ -373,4 +374,91 @@ test('the direct decoder leaves every shape it does not write to protobufjs, wit
   assert.equal(decodeEvent(repeated).id, 'b')
   assert.throws(() => decodeEvent(ours.subarray(0, ours.length - 3)), TypeError)
   assert.throws(() => decodeEvent(Buffer.from([0xff, 0xff, 0xff])), TypeError)
+})
+
+test('backlog pages go from protobuf to JSON without decoding, byte for byte as decoding and rendering would', () => {
+  const reference = (rows: Array<{ seq: number, body: Uint8Array }>): Buffer | null => writeJsonBatch(rows, STORE, decodeDirect)
+  const same = (rows: Array<{ seq: number, body: Uint8Array }>, label: string): void => {
+    const run = (f: () => Buffer | null): string => { try { return f()?.toString('hex') ?? 'null' } catch (err) { return `throws ${String(err)}` } }
+    assert.equal(run(() => renderJsonBatchDirect(rows, STORE)), run(() => reference(rows)), label)
+  }
+  const transcodes = (body: Uint8Array): boolean => {
+    const out = new JsonOut(4)
+    out.byte(0x5b)
+    const ok = transcodeJson(out, Buffer.from(body), Buffer.from(JSON.stringify(STORE)), 7)
+    if (!ok) assert.equal(out.length, 1, 'a refused event leaves the writer as it was')
+    return ok
+  }
+  // Random events from gridgate's own encoder: escapes, controls, non-ASCII, lone surrogates (stored
+  // as U+FFFD), every data kind, optional subject and content type, many extension sets.
+  let seed = 42
+  const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+  const pieces = ['a', 'Z', '7', ' ', '"', '\\', '/', '\n', '\t', '\b', '\f', '\r', '\u0000', '\u001f', '\u007f', 'é', '温', '🌡️', '\u2028', '\ud800', '\udc00', '</']
+  const text = (): string => Array.from({ length: rnd(12) }, () => pieces[rnd(pieces.length)]).join('')
+  const names = ['deviceid', 'protocol', 'gatewayid', 'sourcecontenttype', 'normalizeerror', 'traceparent', 'a', 'x1', 'storeid', 'sequence']
+  const rows: Array<{ seq: number, body: Uint8Array }> = []
+  for (let i = 0; i < 3000; i++) {
+    const ev: GridEvent = { id: `e-${text()}`, source: `/gateways/${text()}`, type: `t.${text()}`, subject: rnd(4) === 0 ? '' : text(), time: new Date(1_700_000_000_000 + (rnd(2) === 0 ? rnd(1e9) : rnd(3) * 1000 + rnd(1000))).toISOString(), extensions: {} }
+    for (const n of names) if (rnd(2) === 0) ev.extensions[n] = text()
+    switch (rnd(5)) {
+      case 0: ev.data = { kind: 'json', text: JSON.stringify({ t: text(), n: rnd(100) }) }; ev.datacontenttype = 'application/json'; break
+      case 1: ev.data = { kind: 'text', text: text() }; ev.datacontenttype = 'text/plain'; break
+      case 2: ev.data = { kind: 'binary', bytes: Buffer.from(text()) }; break
+      case 3: ev.data = { kind: 'text', text: text() }; break
+      default: break
+    }
+    const body = encodeEvent(ev)
+    assert.ok(transcodes(body), `event ${i} is transcoded, not decoded`)
+    rows.push({ seq: 1000 + i, body })
+  }
+  same(rows, 'a batch of 3000 random events')
+  for (let i = 0; i < 200; i++) same([rows[i]!], `event ${i} alone`)
+
+  // Shapes only another producer writes, from protobufjs: attributes in any order and kind.
+  const root = protobuf.parse(protoSource('cloudevents.proto'), { keepCase: true }).root
+  for (const name of ['google/protobuf/any.proto', 'google/protobuf/timestamp.proto']) root.addJSON((protobuf.common as unknown as Record<string, { nested: Record<string, protobuf.AnyNestedObject> }>)[name]!.nested)
+  const CE = root.lookupType('io.cloudevents.v1.CloudEvent')
+  const foreign = (attributes: Record<string, unknown>, extra: Record<string, unknown> = {}): Uint8Array =>
+    CE.encode(CE.fromObject({ id: 'f-1', source: '/f', spec_version: '1.0', type: 't', attributes, ...extra })).finish()
+  const stamp = { ce_timestamp: { seconds: 1_700_000_000, nanos: 123_000_000 } }
+  const decodedCases: Array<[string, Uint8Array]> = [
+    ['time as a string attribute', foreign({ time: { ce_string: 'yesterday "noon"' }, deviceid: { ce_string: 'd' } }, { text_data: 'x' })],
+    ['subject and an extension as time stamps', foreign({ subject: stamp, when: stamp, time: stamp })],
+    ['content type after the data', foreign({ deviceid: { ce_string: 'd' }, datacontenttype: { ce_string: 'application/json' } }, { text_data: '{"a":1}' })],
+    ['names that are not attribute names', foreign({ 'Up-per': { ce_string: 'v' }, 'q"uote': { ce_string: 'w' }, '': { ce_string: 'empty name' } })],
+    ['reserved and rendered names as attributes', foreign({ id: { ce_string: 'no' }, specversion: { ce_string: '0.3' }, data: { ce_string: 'no' }, storeid: { ce_string: 'no' }, sequence: { ce_string: 'no' }, data_base64: { ce_string: 'no' }, type: { ce_string: 'no' }, source: { ce_string: 'no' } })],
+    ['empty subject and time', foreign({ subject: { ce_string: '' }, time: { ce_string: '' } })],
+    ['no attributes, binary data', foreign({}, { binary_data: Buffer.from([0, 255, 1]) })],
+    ['a time stamp after the year 9999', foreign({ time: { ce_timestamp: { seconds: 253_402_300_800, nanos: 5_000_000 } } })],
+    ['a time stamp at 0', foreign({ time: { ce_timestamp: {} } })],
+  ]
+  for (const [label, body] of decodedCases) {
+    assert.ok(transcodes(body), `${label}: transcoded`)
+    same([{ seq: 5, body }], label)
+  }
+  // What the transcoder leaves to the decoder: all-digit names (a JS object lists them first),
+  // non-ASCII names, invalid UTF-8, and what decodeDirect itself refuses (a foreign attribute kind).
+  const ours = Buffer.from(encodeEvent({ id: 'id-MARK', source: '/s', type: 't', subject: 'sub', time: '2026-01-01T00:00:00.000Z', datacontenttype: 'application/json', data: { kind: 'json', text: '{"v":"MARK"}' }, extensions: { deviceid: 'dev-MARK' } }))
+  const corrupt = (occurrence: number): Buffer => {
+    const b = Buffer.from(ours)
+    let at = -1
+    for (let k = 0; k <= occurrence; k++) at = b.indexOf('MARK', at + 1)
+    b[at] = 0xff
+    return b
+  }
+  const fallbackCases: Array<[string, Uint8Array]> = [
+    ['an all-digit name', foreign({ deviceid: { ce_string: 'd' }, 123: { ce_string: 'n' } })],
+    ['a non-ASCII name', foreign({ température: { ce_string: 'v' } })],
+    ['invalid UTF-8 in the id', corrupt(0)],
+    ['invalid UTF-8 in JSON data', corrupt(1)],
+    ['invalid UTF-8 in an extension', corrupt(2)],
+    ['a time stamp Date cannot hold', foreign({ time: { ce_timestamp: { seconds: 9_000_000_000_000 } } })],
+    ['nanoseconds past a second', foreign({ time: { ce_timestamp: { seconds: 5, nanos: 1_500_000_000 } } })],
+    ['a boolean attribute', foreign({ flag: { ce_boolean: true } })],
+  ]
+  for (const [label, body] of fallbackCases) {
+    assert.equal(transcodes(body), false, `${label}: left to the decoder`)
+    same([{ seq: 5, body }, rows[0]!], label)
+  }
+  assert.equal(renderJsonBatchDirect([{ seq: 5, body: fallbackCases.at(-1)![1] }], STORE), null, 'what decodeDirect refuses still goes to protobufjs')
 })
