@@ -10,6 +10,7 @@ import type { Config, UplinkConfig } from '../config/schema.js'
 import { GridgateError } from './errors.js'
 import { lockDataDir, type DataDirLock } from './lock.js'
 import { Metrics } from './metrics.js'
+import { HeapTrim } from './heap-trim.js'
 import { Clock, IdGenerator } from './clock.js'
 import { defaultDecoders } from './decoders/index.js'
 import { DeviceManager } from './devices.js'
@@ -128,6 +129,7 @@ export class Gateway {
   private ws: WebSocketAdapter | null = null
   private accepting = false
   private stopping: Promise<void> | null = null
+  private heapTrim: HeapTrim | null = null
   /** Config and registry devices (gateway/devices.ts); set once the store is open. */
   devices: DeviceManager | null = null
 
@@ -376,6 +378,10 @@ export class Gateway {
       lastSequence: info.lastSeq,
       listeners: this.listeners(),
     }, 'gridgate ready')
+    if (c.gateway.gcWhenIdle) {
+      this.heapTrim = new HeapTrim({ log: this.log, onTrim: () => this.metrics.idleCollections.inc() })
+      this.heapTrim.start()
+    }
   }
 
   /** Called when the store cannot continue; the CLI exits non-zero. */
@@ -390,6 +396,7 @@ export class Gateway {
     const deadline = Date.now() + this.config.gateway.shutdownTimeout
     const remaining = (): number => Math.max(0, deadline - Date.now())
     this.accepting = false
+    this.heapTrim?.stop()
     const steps: Array<[string, () => Promise<unknown>]> = [
       ['websocket', async () => Promise.all([this.web?.stopAccepting(), this.ws?.stop()])],
       ['mqtt', async () => this.mqtt?.stop()],

@@ -43,6 +43,7 @@ export class Metrics {
   readonly uplinkEvents: Counter<'uplink'>
   readonly uplinkLatency: Histogram<'uplink'>
   readonly deadLetters: Counter<'uplink' | 'reason'>
+  readonly idleCollections: Counter
   readonly commits: Counter
   readonly commitFailures: Counter<'code'>
   readonly storeSync: Gauge
@@ -69,6 +70,7 @@ export class Metrics {
     this.uplinkEvents = new Counter({ name: 'gridgate_uplink_events_total', help: 'Events delivered to uplinks.', labelNames: ['uplink'], registers })
     this.uplinkLatency = new Histogram({ name: 'gridgate_uplink_send_seconds', help: 'Time per batch send.', labelNames: ['uplink'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
     this.deadLetters = new Counter({ name: 'gridgate_dead_letters_total', help: 'Events moved to an uplink\'s dead letters, by reason.', labelNames: ['uplink', 'reason'], registers })
+    this.idleCollections = new Counter({ name: 'gridgate_idle_gc_total', help: 'Full garbage collections run because the gateway was quiet and its heap had grown (gateway.gcWhenIdle).', registers })
     this.commits = new Counter({ name: 'gridgate_store_commits_total', help: 'Store transactions committed.', registers })
     this.commitFailures = new Counter({ name: 'gridgate_store_commit_failures_total', help: 'Store transactions rolled back, by error code.', labelNames: ['code'], registers })
     this.storeSync = new Gauge({ name: 'gridgate_store_synchronous', help: 'SQLite synchronous mode read back from the writer connection (2 = FULL, 1 = NORMAL).', registers })

@@ -1,0 +1,104 @@
+// Gives memory back once the gateway goes quiet. V8 collects its old generation when the heap grows,
+// not when the process idles: after a burst (10,000 devices reconnecting, say, or a backlog ingested)
+// the garbage it left can stay in the heap, and in RSS, until the next burst. Measured with 10,000
+// idle MQTT connections: 92 MiB of live heap, 164 MiB in use until a full collection, and whether V8's
+// own memory reducer ran within 15 s varied from run to run (RSS 185 or 285 MiB).
+//
+// Every `intervalMs` this looks at the event loop's utilisation; after `quietLooks` looks in a row
+// below `quietUtilization`, if the heap in use has grown by `minGrowthBytes` since the last full
+// collection (or none has run since start-up, whose garbage is given back once), it runs one. While
+// devices keep the loop busy it never runs: V8 collects as it always does, and no message waits for it.
+import v8 from 'node:v8'
+import vm from 'node:vm'
+import { performance, type EventLoopUtilization } from 'node:perf_hooks'
+import type { Logger } from 'pino'
+
+export interface HeapTrimOptions {
+  intervalMs?: number
+  /** Event-loop utilisation (0..1) under which a look counts as quiet. */
+  quietUtilization?: number
+  quietLooks?: number
+  minGrowthBytes?: number
+  log?: Logger | undefined
+  onTrim?: ((result: HeapTrimResult) => void) | undefined
+}
+
+export interface HeapTrimResult {
+  heapUsedBefore: number
+  heapUsedAfter: number
+  pauseMs: number
+}
+
+const DEFAULTS = { intervalMs: 5000, quietUtilization: 0.05, quietLooks: 2, minGrowthBytes: 32 * 2 ** 20 }
+
+let collect: (() => void) | null = null
+
+/**
+ * A full garbage collection. Node offers it only behind --expose-gc; the flag, set at run time, gives
+ * the function to contexts created afterwards, so one is made for it (the gateway's own global stays
+ * without `gc`).
+ */
+export function fullCollection (): void {
+  if (collect === null) {
+    const existing = (globalThis as { gc?: () => void }).gc
+    if (typeof existing === 'function') {
+      collect = existing
+    } else {
+      v8.setFlagsFromString('--expose-gc')
+      collect = vm.runInNewContext('gc') as () => void
+    }
+  }
+  collect()
+}
+
+export class HeapTrim {
+  private readonly o: Required<Omit<HeapTrimOptions, 'log' | 'onTrim'>> & Pick<HeapTrimOptions, 'log' | 'onTrim'>
+  private timer: NodeJS.Timeout | null = null
+  private elu: EventLoopUtilization = performance.eventLoopUtilization()
+  private quiet = 0
+  /** Heap in use after the last full collection; null until the first (start-up garbage). */
+  private baseline: number | null = null
+  trims = 0
+  last: HeapTrimResult | null = null
+
+  constructor (opts: HeapTrimOptions = {}) {
+    this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) }
+  }
+
+  start (): void {
+    if (this.timer !== null) return
+    this.elu = performance.eventLoopUtilization()
+    this.timer = setInterval(() => this.look(), this.o.intervalMs)
+    this.timer.unref()
+  }
+
+  stop (): void {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+  }
+
+  /** One look (the timer's; tests call it directly). Returns what a collection it ran did, else null. */
+  look (): HeapTrimResult | null {
+    const now = performance.eventLoopUtilization()
+    const busy = performance.eventLoopUtilization(now, this.elu).utilization
+    this.elu = now
+    this.quiet = busy < this.o.quietUtilization ? this.quiet + 1 : 0
+    if (this.quiet < this.o.quietLooks) return null
+    const used = v8.getHeapStatistics().used_heap_size
+    if (this.baseline !== null && used - this.baseline < this.o.minGrowthBytes) return null
+    const started = performance.now()
+    fullCollection()
+    const result: HeapTrimResult = {
+      heapUsedBefore: used,
+      heapUsedAfter: v8.getHeapStatistics().used_heap_size,
+      pauseMs: Number((performance.now() - started).toFixed(1)),
+    }
+    this.baseline = result.heapUsedAfter
+    this.quiet = 0
+    this.trims++
+    this.last = result
+    this.o.log?.debug(result, 'quiet: heap collected')
+    this.o.onTrim?.(result)
+    return result
+  }
+}

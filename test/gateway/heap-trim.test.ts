@@ -1,0 +1,59 @@
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { HeapTrim } from '../../gateway/heap-trim.js'
+import { configSchema } from '../../config/schema.js'
+
+/** Keeps the event loop busy for `ms` (what a gateway serving devices looks like to the trim). */
+function spin (ms: number): void {
+  const end = performance.now() + ms
+  while (performance.now() < end) { /* busy */ }
+}
+
+test('a quiet process gets its garbage collected once, and again only after the heap has grown', async () => {
+  // Garbage in the old generation, as a burst of connections leaves it.
+  let junk: Array<{ i: number, s: string }> | null = Array.from({ length: 400_000 }, (_, i) => ({ i, s: `item-${i}` }))
+  assert.equal(junk.length, 400_000)
+  junk = null
+  const trim = new HeapTrim({ intervalMs: 1000, quietUtilization: 0.5, quietLooks: 2, minGrowthBytes: 16 * 2 ** 20 })
+  await sleep(150)
+  assert.equal(trim.look(), null, 'one quiet look is not enough')
+  await sleep(150)
+  const first = trim.look()
+  assert.notEqual(first, null, 'two quiet looks in a row collect')
+  assert.ok(first!.heapUsedAfter < first!.heapUsedBefore - 8 * 2 ** 20, `the garbage went: ${JSON.stringify(first)}`)
+  assert.equal(trim.trims, 1)
+  await sleep(150)
+  trim.look()
+  await sleep(150)
+  assert.equal(trim.look(), null, 'no growth since: no second collection')
+  let more: string[] | null = Array.from({ length: 300_000 }, (_, i) => `grown-${i}-${'x'.repeat(40)}`)
+  assert.equal(more.length, 300_000)
+  more = null
+  await sleep(150)
+  trim.look() // not quiet: the allocation above was in its window
+  await sleep(150)
+  trim.look()
+  await sleep(150)
+  const second = trim.look()
+  assert.notEqual(second, null, 'grown by more than minGrowthBytes: collected again')
+  assert.equal(trim.trims, 2)
+})
+
+test('a busy event loop is never interrupted by a collection', async () => {
+  const trim = new HeapTrim({ intervalMs: 1000, quietUtilization: 0.5, quietLooks: 2, minGrowthBytes: 0 })
+  for (let i = 0; i < 4; i++) {
+    spin(60)
+    assert.equal(trim.look(), null, `busy look ${i}`)
+  }
+  await sleep(60)
+  assert.equal(trim.look(), null, 'the first quiet look after busy ones only starts counting')
+  await sleep(60)
+  assert.notEqual(trim.look(), null)
+})
+
+test('gateway.gcWhenIdle is on by default and can be turned off', () => {
+  assert.equal(configSchema.parse({}).gateway.gcWhenIdle, true)
+  assert.equal(configSchema.parse({ gateway: { gcWhenIdle: false } }).gateway.gcWhenIdle, false)
+  assert.throws(() => configSchema.parse({ gateway: { gcWhenIdle: 'yes' } }))
+})
