@@ -539,7 +539,8 @@ export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body
 // the stored bytes once, notes where each field's bytes are, and copies them into the JSON, escaping
 // as it goes. It writes exactly what writeJson(decodeDirect(bytes)) writes (tested byte for byte) and
 // gives up, leaving the event to that pair, on anything unusual: what decodeDirect refuses, attribute
-// names that are not ASCII or are all digits (a JS object lists those first), invalid UTF-8.
+// names that are not ASCII, are all digits (a JS object lists those first) or are __proto__, and
+// invalid UTF-8.
 
 const MAX_TRANSCODED_ATTRIBUTES = 64
 /** Per attribute: name start/end, a string value's start/end, a time stamp's milliseconds (else -1), its slot. */
@@ -603,6 +604,8 @@ function slotOf (buf: Buffer, start: number, end: number): Slot {
     case 6: return asciiIs(buf, start, len, 'source') ? Slot.Ignored : Slot.Extension
     case 7: return asciiIs(buf, start, len, 'subject') ? Slot.Subject : asciiIs(buf, start, len, 'storeid') ? Slot.Rendered : Slot.Extension
     case 8: return asciiIs(buf, start, len, 'sequence') ? Slot.Rendered : Slot.Extension
+    // Assigning a string to an object's __proto__ does nothing: decoding drops this one.
+    case 9: return asciiIs(buf, start, len, '__proto__') ? Slot.Unusual : Slot.Extension
     case 11: return asciiIs(buf, start, len, 'specversion') ? Slot.Ignored : asciiIs(buf, start, len, 'data_base64') ? Slot.Rendered : Slot.Extension
     case 15: return asciiIs(buf, start, len, 'datacontenttype') ? Slot.ContentType : Slot.Extension
     default: return Slot.Extension

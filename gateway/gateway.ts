@@ -241,7 +241,10 @@ export class Gateway {
         this.log.warn({ code: 'GG_ERR_EVENTS_DROPPED', uplink, reason, events }, 'store policy removed events before delivery (logged once a minute per uplink and reason)')
       }
     })
-    this.store.on('committed', () => this.metrics.commits.inc())
+    this.store.on('committed', (ms: number) => {
+      this.metrics.commits.inc()
+      this.metrics.commitSeconds.observe(ms / 1000)
+    })
     this.store.on('commitFailed', (code) => this.metrics.commitFailures.inc({ code }))
     this.store.on('full', () => this.log.warn({ code: 'GG_ERR_STORE_FULL', whenFull: c.store.whenFull, maxBytes: c.store.maxBytes }, 'the store is full'))
     this.store.on('space', () => this.log.info('the store admits new events again'))

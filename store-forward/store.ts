@@ -95,7 +95,8 @@ export interface StoreEvents {
   space: []
   full: []
   /** A write transaction committed / rolled back (gridgate_store_commits_total, _commit_failures_total). */
-  committed: []
+  /** A commit ended: how long it took from the hand-over to the writer thread (ms). */
+  committed: [ms: number]
   commitFailed: [code: string]
 }
 
@@ -374,6 +375,7 @@ export class Store extends EventEmitter<StoreEvents> {
     this.committing = true
     const writer = this.writer
     const appends = packAppends(batch.map(p => p.item))
+    const sentAt = performance.now()
     writer.request<CommitResult>({
       op: 'commit',
       appends,
@@ -385,7 +387,8 @@ export class Store extends EventEmitter<StoreEvents> {
     }, [appends.meta.buffer as ArrayBuffer, appends.data.buffer as ArrayBuffer]).then(({ results, state }) => {
       for (const r of retained) r.resolve()
       this.commits++
-      this.emit('committed')
+      // From the hand-over to the writer thread until its answer: the transaction and its fsync.
+      this.emit('committed', performance.now() - sentAt)
       let last = this.lastSeq
       const fresh: TailRow[] = []
       for (let i = 0; i < batch.length; i++) {

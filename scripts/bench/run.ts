@@ -318,6 +318,7 @@ async function scrape (admin: string): Promise<Map<string, number> | null> {
       const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)/.exec(line)
       if (m === null) continue
       out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[3]))
+      if (m[2] !== undefined) out.set(`${m[1]!}${m[2]}`, Number(m[3]))
     }
     return out
   } catch {
@@ -389,6 +390,20 @@ async function mqttLoad (port: number, l: MqttLoad): Promise<ReturnType<typeof c
 const perMessageUs = (cpuSeconds: number, messages: number): number => messages === 0 ? 0 : Number((cpuSeconds / messages * 1e6).toFixed(1))
 
 /** Store commits between two scrapes; null while gridgate_store_commits_total stays 0 (not counted by this build). */
+/**
+ * Commits between two scrapes that took longer than 25, 50, 100 and 250 ms (gridgate_store_commit_seconds:
+ * hand-over to the writer thread until its answer): a PUBACK tail that lines up with these is the disk's.
+ */
+function slowCommitsBetween (m0: Map<string, number> | null, m1: Map<string, number> | null): Record<string, number> | null {
+  const name = 'gridgate_store_commit_seconds'
+  if (m1?.get(`${name}_count`) === undefined) return null
+  const over = (le: string): number => {
+    const d = (key: string): number => (m1.get(key) ?? 0) - (m0?.get(key) ?? 0)
+    return d(`${name}_count`) - d(`${name}_bucket{le="${le}"}`)
+  }
+  return { over25ms: over('0.025'), over50ms: over('0.05'), over100ms: over('0.1'), over250ms: over('0.25') }
+}
+
 function commitsBetween (m0: Map<string, number> | null, m1: Map<string, number> | null): number | null {
   const after = m1?.get('gridgate_store_commits_total') ?? 0
   return after === 0 ? null : after - (m0?.get('gridgate_store_commits_total') ?? 0)
@@ -482,6 +497,7 @@ async function measureRun (ctx: Ctx, gw: Gateway, label: string, load: MqttLoad,
       writeBytesPerEvent: lg.acked === 0 ? 0 : Math.round(gu.writeBytes / lg.acked),
       commits,
       eventsPerCommit: commits === null || commits === 0 ? null : Number((lg.acked / commits).toFixed(1)),
+      slowCommits: slowCommitsBetween(m0, m1),
     },
     receiver: { cpuSeconds: usage(rx0, rx1).cpuSeconds, cpuPerMessageUs: perMessageUs(usage(rx0, rx1).cpuSeconds, report.events) },
     loadgenCpuPerMessageUs: perMessageUs(lg.cpuSeconds, lg.acked),
@@ -737,6 +753,11 @@ function fmtMs (p: Percentiles | undefined | null): string {
   return p === undefined || p === null ? '-' : `${p.p50} / ${p.p99} / ${p.max}`
 }
 
+function slowCommits (c: Record<string, number> | null | undefined): string {
+  if (c === null || c === undefined) return ''
+  return `taking over 25/50/100/250 ms: ${c.over25ms} / ${c.over50ms} / ${c.over100ms} / ${c.over250ms}`
+}
+
 function table (results: Record<string, Record<string, unknown>>, meta: Record<string, unknown>): string {
   const lines: string[] = []
   const row = (...cols: string[]): void => { lines.push(`${cols[0]!.padEnd(44)} ${cols.slice(1).join('  ')}`) }
@@ -755,6 +776,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('  CPU µs/msg gateway / loadgen / receiver', `${g.gateway.cpuPerMessageUs} / ${g.loadgenCpuPerMessageUs} / ${g.receiver.cpuPerMessageUs}`, m === null ? '' : `mosquitto ${m.broker.cpuPerMessageUs}`, `loadgen CPU ${g.loadgen.cpuUtilisation}`)
     row('  gateway RSS idle / end / peak MiB', `${g.gateway.idleRssMiB} / ${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`, `bytes written/event ${g.gateway.writeBytesPerEvent}`)
     row('  gateway CPU s: main thread / others', `${g.gateway.threadCpuSeconds.mainSeconds} / ${g.gateway.threadCpuSeconds.otherThreadsSeconds.join(', ')}`, `main thread busy ${g.gateway.mainThreadBusy} of the run`)
+    row('  store commits (the writer thread)', `${g.gateway.commits} commits, ${g.gateway.eventsPerCommit} events each`, slowCommits(g.gateway.slowCommits))
     if (g.allocatedKiBPerMessage !== undefined) row('  main thread allocated per message', `${g.allocatedKiBPerMessage} KiB (--profile: V8 sampling heap profiler)`)
   }
   const s2 = ok(results.rate)
@@ -768,6 +790,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     const w = g.afterWarmup
     row(`  without the first ${w.seconds} s: PUBACK`, fmtMs(w.pubackMs), `device→cloud ${fmtMs(w.deviceToCloudMs)}`, `event loop max ${w.eventLoopP99Ms.max} median ${w.eventLoopP99Ms.median}`)
     row('  gateway CPU µs/msg, RSS end/peak MiB', `${g.gateway.cpuPerMessageUs}`, `${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`)
+    row('  store commits (the writer thread)', `${g.gateway.commits} commits, ${g.gateway.eventsPerCommit} events each`, slowCommits(g.gateway.slowCommits))
   }
   const s3 = ok(results.idle)
   if (s3 !== undefined) {
