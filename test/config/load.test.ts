@@ -62,6 +62,7 @@ test('without a file every key takes its default', () => {
       dataDir: '/srv/gridgate/data',
       logLevel: 'info',
       shutdownTimeout: 10_000,
+      gcWhenIdle: true,
     },
     mqtt: { enabled: true, host: '0.0.0.0', port: 1883, maxPacketSize: 262_144, maxRetained: 10_000, maxOfflineMessages: 1000, sessionExpiry: 3_600_000, maxSessions: 10_000 },
     coap: { enabled: true, host: '0.0.0.0', port: 5683, maxPayloadSize: 65_536, maxBlockwiseTransfers: 256, maxBlockwisePerEndpoint: 4, blockwiseTimeout: 60_000 },
@@ -415,7 +416,7 @@ devices:
 test('env names are derived from the schema, list items from the file', () => {
   const names = envOverrideNames({ devices: [{ id: 'sensor-1' }], uplinks: [{ name: 'cloud', type: 'http' }] })
   for (const name of [
-    'GRIDGATE_GATEWAY_ID', 'GRIDGATE_GATEWAY_DATA_DIR', 'GRIDGATE_GATEWAY_LOG_LEVEL', 'GRIDGATE_GATEWAY_SHUTDOWN_TIMEOUT',
+    'GRIDGATE_GATEWAY_ID', 'GRIDGATE_GATEWAY_DATA_DIR', 'GRIDGATE_GATEWAY_LOG_LEVEL', 'GRIDGATE_GATEWAY_SHUTDOWN_TIMEOUT', 'GRIDGATE_GATEWAY_GC_WHEN_IDLE',
     'GRIDGATE_MQTT_ENABLED', 'GRIDGATE_MQTT_HOST', 'GRIDGATE_MQTT_PORT', 'GRIDGATE_MQTT_MAX_PACKET_SIZE',
     'GRIDGATE_MQTT_MAX_RETAINED', 'GRIDGATE_MQTT_MAX_OFFLINE_MESSAGES', 'GRIDGATE_MQTT_SESSION_EXPIRY', 'GRIDGATE_MQTT_MAX_SESSIONS',
     'GRIDGATE_ADMIN_HOST', 'GRIDGATE_ADMIN_PORT', 'GRIDGATE_AUTH_ALLOW_ANONYMOUS',
@@ -443,7 +444,7 @@ test('env names are derived from the schema, list items from the file', () => {
     'GRIDGATE_UPLINKS_CLOUD_TLS_CERT', 'GRIDGATE_UPLINKS_CLOUD_TLS_KEY', 'GRIDGATE_UPLINKS_CLOUD_BREAKER_FAILURES',
     'GRIDGATE_UPLINKS_CLOUD_BREAKER_HALF_OPEN_AFTER',
   ]) assert.ok(names.includes(name), name)
-  assert.equal(names.length, 80, names.join(' '))
+  assert.equal(names.length, 81, names.join(' '))
 })
 
 test('the loaded config is deeply frozen', (t) => {
