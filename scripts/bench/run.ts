@@ -28,7 +28,7 @@ import { spawnGatewayProcess, type GatewayProcess } from '../gateway-process.js'
 import type { LoadgenResult } from './loadgen.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
-import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
+import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, pressure, pressureBetween, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
 import { WARMUP_SECONDS, type Percentiles } from './stats.js'
 import { freePort } from '../net.js'
 
@@ -813,6 +813,14 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
       row(`7 flash wear sync=${r.sync}${String(r.commitDelay).startsWith('0ms') ? '' : ` commitDelay=${r.commitDelay}`} at ${r.rate} msgs/s`, `${r.bytesPerEvent} B/event`, `${Math.round(r.writeBytesPerSecond / 1024)} KiB/s written`, `fsyncs/s ${r.fsyncsPerSecond ?? '-'}`, `achieved ${r.achievedMsgsPerSec} msgs/s`)
     }
   }
+  const stalls = Object.entries(results).flatMap(([name, r]) => {
+    const p = r.pressure as { cpuSomePercent: number, ioSomePercent: number, ioFullPercent: number } | null | undefined
+    return p === null || p === undefined ? [] : [`${name} ${p.cpuSomePercent} / ${p.ioSomePercent} / ${p.ioFullPercent}`]
+  })
+  if (stalls.length > 0) {
+    lines.push('')
+    row('pressure stalls, % of each scenario (PSI)', 'cpu some / io some / io full:', stalls.join(';  '))
+  }
   return `${lines.join('\n')}\n`
 }
 
@@ -882,8 +890,10 @@ async function main (): Promise<void> {
     for (const n of o.scenarios) {
       const name = SCENARIOS[n]!
       const started = performance.now()
+      const p0 = pressure()
       try {
-        results[name] = { ...(await runners[n]!(ctx)), seconds: Number(((performance.now() - started) / 1000).toFixed(1)) }
+        const r = await runners[n]!(ctx)
+        results[name] = { ...r, seconds: Number(((performance.now() - started) / 1000).toFixed(1)), pressure: pressureBetween(p0, pressure()) }
       } catch (err) {
         failures.push(`scenario ${n} (${name}): ${(err as Error).message}`)
         results[name] = { error: (err as Error).message }

@@ -107,6 +107,31 @@ export function loadAverage (): [number, number, number] {
   return [Number(a.toFixed(2)), Number(b.toFixed(2)), Number(c.toFixed(2))]
 }
 
+/** Pressure stall totals (µs) from /proc/pressure (Linux PSI), or null where the kernel has none. */
+export interface Pressure { at: number, cpuSome: number, ioSome: number, ioFull: number }
+
+export function pressure (): Pressure | null {
+  try {
+    const total = (file: string, kind: 'some' | 'full'): number =>
+      Number(new RegExp(`^${kind} .*total=(\\d+)`, 'm').exec(fs.readFileSync(`/proc/pressure/${file}`, 'utf8'))?.[1] ?? NaN)
+    return { at: performance.now(), cpuSome: total('cpu', 'some'), ioSome: total('io', 'some'), ioFull: total('io', 'full') }
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Share of the wall time between two samples in which some task waited for a CPU, some waited for I/O,
+ * and all waited for I/O (percent). A scenario that ran while the disk or the CPUs were also busy with
+ * something else shows it here: the load average alone does not tell a slow disk from a busy one.
+ */
+export function pressureBetween (a: Pressure | null, b: Pressure | null): { cpuSomePercent: number, ioSomePercent: number, ioFullPercent: number } | null {
+  if (a === null || b === null) return null
+  const wallUs = (b.at - a.at) * 1000
+  const pct = (x: number, y: number): number => Number((100 * (y - x) / wallUs).toFixed(1))
+  return { cpuSomePercent: pct(a.cpuSome, b.cpuSome), ioSomePercent: pct(a.ioSome, b.ioSome), ioFullPercent: pct(a.ioFull, b.ioFull) }
+}
+
 export function machine (): Record<string, unknown> {
   return {
     node: process.version,
