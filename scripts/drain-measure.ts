@@ -26,6 +26,7 @@ import * as grpc from '@grpc/grpc-js'
 import { PUBLISH_PATH, decodeRawBatch, encodePublishResponse } from '../adapters/uplink-grpc/schema.js'
 import { decodeEvent } from '../gateway/event.js'
 import { freePort } from './net.js'
+import { scrape, slowCommitsBetween } from './bench/metrics.js'
 
 const log = (line: string): void => { process.stderr.write(`${line}\n`) }
 
@@ -197,6 +198,8 @@ async function main (): Promise<void> {
     }
 
     let c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, firstAt: 0 }
+    const admin = `http://127.0.0.1:${gw.adminPort}`
+    const m0 = await scrape(admin)
     const upAtWall = Date.now()
     const receiver = fork(fileURLToPath(import.meta.url), ['--serve', o.type, '--port', String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     await new Promise<void>((resolve, reject) => {
@@ -244,6 +247,8 @@ async function main (): Promise<void> {
       }
     }
     const drainSecs = (c.lastBacklogAt - upAtWall) / 1000
+    // Commits that the disk held up while the backlog drained (the live PUBACKs wait for them).
+    const slowCommits = slowCommitsBetween(m0, await scrape(admin))
     // Keep live traffic going a little longer: the latency after the drain is the baseline.
     await sleep(2000)
     clearInterval(tick)
@@ -275,6 +280,7 @@ async function main (): Promise<void> {
       liveDeliveredDuringRun: c.live,
       livePubackMsDuringDrain: stats(during),
       livePubackMsAfterDrain: stats(after),
+      slowCommitsDuringDrain: slowCommits,
       gatewayRssMiB: {
         afterBacklog: Number((afterBacklog.rss / 2 ** 20).toFixed(1)),
         ...(o.settleMs === 0

@@ -28,6 +28,7 @@ import { spawnGatewayProcess, type GatewayProcess } from '../gateway-process.js'
 import type { LoadgenResult } from './loadgen.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
+import { commitsBetween, scrape, slowCommitsBetween } from './metrics.js'
 import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, pressure, pressureBetween, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
 import { WARMUP_SECONDS, type Percentiles } from './stats.js'
 import { freePort } from '../net.js'
@@ -309,22 +310,6 @@ class Sampler {
 }
 
 /** Unlabelled (or summed) metric values from the admin /metrics. */
-async function scrape (admin: string): Promise<Map<string, number> | null> {
-  try {
-    const text = await (await fetch(`${admin}/metrics`)).text()
-    const out = new Map<string, number>()
-    for (const line of text.split('\n')) {
-      if (line.startsWith('#') || line === '') continue
-      const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)/.exec(line)
-      if (m === null) continue
-      out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[3]))
-      if (m[2] !== undefined) out.set(`${m[1]!}${m[2]}`, Number(m[3]))
-    }
-    return out
-  } catch {
-    return null
-  }
-}
 
 // ---- scenarios -----------------------------------------------------------------------------------
 
@@ -390,24 +375,6 @@ async function mqttLoad (port: number, l: MqttLoad): Promise<ReturnType<typeof c
 const perMessageUs = (cpuSeconds: number, messages: number): number => messages === 0 ? 0 : Number((cpuSeconds / messages * 1e6).toFixed(1))
 
 /** Store commits between two scrapes; null while gridgate_store_commits_total stays 0 (not counted by this build). */
-/**
- * Commits between two scrapes that took longer than 25, 50, 100 and 250 ms (gridgate_store_commit_seconds:
- * hand-over to the writer thread until its answer): a PUBACK tail that lines up with these is the disk's.
- */
-function slowCommitsBetween (m0: Map<string, number> | null, m1: Map<string, number> | null): Record<string, number> | null {
-  const name = 'gridgate_store_commit_seconds'
-  if (m1?.get(`${name}_count`) === undefined) return null
-  const over = (le: string): number => {
-    const d = (key: string): number => (m1.get(key) ?? 0) - (m0?.get(key) ?? 0)
-    return d(`${name}_count`) - d(`${name}_bucket{le="${le}"}`)
-  }
-  return { over25ms: over('0.025'), over50ms: over('0.05'), over100ms: over('0.1'), over250ms: over('0.25') }
-}
-
-function commitsBetween (m0: Map<string, number> | null, m1: Map<string, number> | null): number | null {
-  const after = m1?.get('gridgate_store_commits_total') ?? 0
-  return after === 0 ? null : after - (m0?.get('gridgate_store_commits_total') ?? 0)
-}
 
 interface Ctx { o: Options, rx: Receiver, rxPid: number, charts: Panel[][] }
 
@@ -800,6 +767,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   if (s4 !== undefined) {
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
     row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p99 during drain ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
+    if (s4.slowCommitsDuringDrain !== undefined) row('  store commits during the drain', slowCommits(s4.slowCommitsDuringDrain as Record<string, number> | null))
     row('  gateway RSS MiB', `empty store ${String(s4.emptyStoreRssMiB)}`, `with the backlog ${String(r?.afterBacklog)}`, `drain peak ${String(r?.peakDuringDrain)}`, `after the drain ${String(r?.end)}`)
     row('  settled RSS MiB (target: backlog within 20 of empty)', `empty store ${String(r?.emptyStoreSettled)}`, `with the backlog ${String(r?.backlogSettled)}`, `restarted on the backlog ${String(r?.backlogSettledAfterRestart)}`)
   }
