@@ -36,7 +36,8 @@ let collect: (() => void) | null = null
 /**
  * A full garbage collection. Node offers it only behind --expose-gc; the flag, set at run time, gives
  * the function to contexts created afterwards, so one is made for it (the gateway's own global stays
- * without `gc`).
+ * without `gc`). Called without arguments: on Node 20 any options object, `{ type: 'major' }`
+ * included, runs only a minor collection (Node 22 honours it).
  */
 export function fullCollection (): void {
   if (collect === null) {
