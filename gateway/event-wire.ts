@@ -517,20 +517,15 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
 export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Buffer | null {
-  const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2)
   const storeIdJson = Buffer.from(quote(storeId), 'utf8')
-  out.byte(0x5b)
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i] as { seq: number, body: Uint8Array }
-    if (i > 0) out.byte(0x2c)
+  return writeJsonArray(events, (out, e) => {
     const body = Buffer.isBuffer(e.body) ? e.body : Buffer.from(e.body.buffer, e.body.byteOffset, e.body.byteLength)
-    if (transcodeJson(out, body, storeIdJson, e.seq)) continue
+    if (transcodeJson(out, body, storeIdJson, e.seq)) return true
     const ev = decodeDirect(body)
-    if (ev === null) return null
+    if (ev === null) return false
     writeJson(out, ev, storeId, e.seq)
-  }
-  out.byte(0x5d)
-  return out.bytes()
+    return true
+  })
 }
 
 // ---- protobuf to JSON without decoding ------------------------------------------------------------
@@ -787,14 +782,21 @@ export function renderJsonBatchWith (events: ReadonlyArray<{ seq: number, body: 
 
 /** renderJsonBatchWith's text as UTF-8 bytes, written without building the text. */
 export function writeJsonBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, decode: (body: Uint8Array) => GridEvent | null): Buffer | null {
+  return writeJsonArray(events, (out, e) => {
+    const ev = decode(e.body)
+    if (ev === null) return false
+    writeJson(out, ev, storeId, e.seq)
+    return true
+  })
+}
+
+/** A JSON array of stored events, each appended by `write`; null as soon as one returns false. */
+function writeJsonArray<E extends { seq: number, body: Uint8Array }> (events: readonly E[], write: (out: JsonOut, e: E) => boolean): Buffer | null {
   const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2)
   out.byte(0x5b)
   for (let i = 0; i < events.length; i++) {
-    const e = events[i] as { seq: number, body: Uint8Array }
-    const ev = decode(e.body)
-    if (ev === null) return null
     if (i > 0) out.byte(0x2c)
-    writeJson(out, ev, storeId, e.seq)
+    if (!write(out, events[i]!)) return null
   }
   out.byte(0x5d)
   return out.bytes()

@@ -29,8 +29,6 @@ export interface HeapTrimResult {
   pauseMs: number
 }
 
-const DEFAULTS = { intervalMs: 5000, quietUtilization: 0.05, quietLooks: 2, minGrowthBytes: 32 * 2 ** 20 }
-
 let collect: (() => void) | null = null
 
 /**
@@ -53,7 +51,10 @@ export function fullCollection (): void {
 }
 
 export class HeapTrim {
-  private readonly o: Required<Omit<HeapTrimOptions, 'log' | 'onTrim'>> & Pick<HeapTrimOptions, 'log' | 'onTrim'>
+  private readonly intervalMs: number
+  private readonly quietUtilization: number
+  private readonly quietLooks: number
+  private readonly minGrowthBytes: number
   private timer: NodeJS.Timeout | null = null
   private elu: EventLoopUtilization = performance.eventLoopUtilization()
   private quiet = 0
@@ -62,14 +63,17 @@ export class HeapTrim {
   trims = 0
   last: HeapTrimResult | null = null
 
-  constructor (opts: HeapTrimOptions = {}) {
-    this.o = { ...DEFAULTS, ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) }
+  constructor (private readonly opts: HeapTrimOptions = {}) {
+    this.intervalMs = opts.intervalMs ?? 5000
+    this.quietUtilization = opts.quietUtilization ?? 0.05
+    this.quietLooks = opts.quietLooks ?? 2
+    this.minGrowthBytes = opts.minGrowthBytes ?? 32 * 2 ** 20
   }
 
   start (): void {
     if (this.timer !== null) return
     this.elu = performance.eventLoopUtilization()
-    this.timer = setInterval(() => this.look(), this.o.intervalMs)
+    this.timer = setInterval(() => this.look(), this.intervalMs)
     this.timer.unref()
   }
 
@@ -83,10 +87,10 @@ export class HeapTrim {
     const now = performance.eventLoopUtilization()
     const busy = performance.eventLoopUtilization(now, this.elu).utilization
     this.elu = now
-    this.quiet = busy < this.o.quietUtilization ? this.quiet + 1 : 0
-    if (this.quiet < this.o.quietLooks) return null
+    this.quiet = busy < this.quietUtilization ? this.quiet + 1 : 0
+    if (this.quiet < this.quietLooks) return null
     const used = v8.getHeapStatistics().used_heap_size
-    if (this.baseline !== null && used - this.baseline < this.o.minGrowthBytes) return null
+    if (this.baseline !== null && used - this.baseline < this.minGrowthBytes) return null
     const started = performance.now()
     fullCollection()
     const result: HeapTrimResult = {
@@ -98,8 +102,8 @@ export class HeapTrim {
     this.quiet = 0
     this.trims++
     this.last = result
-    this.o.log?.debug(result, 'quiet: heap collected')
-    this.o.onTrim?.(result)
+    this.opts.log?.debug(result, 'quiet: heap collected')
+    this.opts.onTrim?.(result)
     return result
   }
 }

@@ -94,9 +94,12 @@ export interface StoreEvents {
   /** The store admits new events again after having been full. */
   space: []
   full: []
-  /** A write transaction committed / rolled back (gridgate_store_commits_total, _commit_failures_total). */
-  /** A commit ended: how long it took from the hand-over to the writer thread (ms). */
+  /**
+   * A write transaction committed, with how long it took from the hand-over to the writer thread (ms)
+   * (gridgate_store_commits_total, gridgate_store_commit_seconds).
+   */
   committed: [ms: number]
+  /** A write transaction rolled back (gridgate_store_commit_failures_total). */
   commitFailed: [code: string]
 }
 
