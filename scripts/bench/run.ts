@@ -9,7 +9,8 @@
 // --node-options: NODE_OPTIONS for the gateways measured (runtime tuning, e.g. a larger V8 young
 // generation); the default configuration is measured without it, and the results record it.
 //
-// Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side);
+// Scenarios: 1 saturated MQTT QoS1 ingest with HTTP forwarding (and mosquitto side by side, and two
+// reference brokers built on aedes: scripts/bench/aedes-baseline.ts);
 // 2 fixed 5,000 msgs/s from 100 connections (PUBACK, device→cloud and event-loop delay p99, also
 // without the first 2 s of JIT warm-up);
 // 3 10,000 idle subscribed connections (RSS); 4 drain of a backlog (scripts/drain-measure.ts);
@@ -26,6 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { stringify } from 'yaml'
 import { spawnGatewayProcess, type GatewayProcess } from '../gateway-process.js'
 import type { LoadgenResult } from './loadgen.js'
+import type { BaselineResult } from './aedes-baseline.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
 import { commitsBetween, scrape, slowCommitsBetween } from './metrics.js'
@@ -486,13 +488,44 @@ async function mosquittoRun (ctx: Ctx, load: MqttLoad): Promise<Record<string, u
   }
 }
 
+/**
+ * The same load against aedes itself (scripts/bench/aedes-baseline.ts): as it comes, and with each
+ * payload committed to SQLite before its PUBACK. What separates gridgate from the second is gridgate's
+ * own pipeline (authentication aside: normalising, deduplication, routing, forwarding).
+ */
+async function baselineRun (ctx: Ctx, load: MqttLoad, mode: BaselineResult['mode']): Promise<Record<string, unknown>> {
+  let port = 0
+  const broker = runNode<BaselineResult>(script('aedes-baseline.js'), ['--mode', mode, '--data-dir', ctx.o.dataDir], {
+    onLine: (line) => { if (line.includes('"listening"')) port = (JSON.parse(line) as { port: number }).port },
+  })
+  try {
+    const deadline = Date.now() + 10_000
+    while (port === 0) {
+      if (broker.child.exitCode !== null) await broker.result
+      if (Date.now() > deadline) throw new Error(`the ${mode} aedes baseline did not start listening`)
+      await sleep(50)
+    }
+    const p0 = procSample(broker.pid)
+    const lg = await mqttLoad(port, load)
+    const p1 = procSample(broker.pid)
+    const u = usage(p0, p1)
+    broker.child.kill('SIGTERM')
+    const done = await broker.result
+    return { loadgen: lg, msgsPerSec: lg.msgsPerSec, pubackMs: lg.ackMs, broker: { ...u, cpuPerMessageUs: perMessageUs(u.cpuSeconds, lg.acked) }, ...(mode === 'sqlite' ? { eventsPerCommit: Number((done.committed / Math.max(1, done.commits)).toFixed(1)) } : {}) }
+  } finally {
+    if (broker.child.exitCode === null) broker.child.kill('SIGKILL')
+  }
+}
+
 async function scenarioIngest (ctx: Ctx): Promise<Record<string, unknown>> {
   const load: MqttLoad = { connections: 10, messages: ctx.o.quick ? 5000 : 50_000, window: 64, procs: ctx.o.procs }
   log(`scenario 1: saturated QoS1 ingest, ${load.connections} connections × ${load.messages} messages of 200 B, window ${load.window}, HTTP uplink`)
   const gridgate = await gatewayRun(ctx, 'scenario 1 (saturated ingest)', load, true)
   const mosquitto = await mosquittoRun(ctx, load)
   const ratio = mosquitto === null ? null : Number(((gridgate.msgsPerSec as number) / (mosquitto.msgsPerSec as number)).toFixed(3))
-  return { load, loadAverage: loadAverage(), gridgate, mosquitto, ratio, target: 'gridgate ≥ 0.5 × mosquitto' }
+  const aedes = await baselineRun(ctx, load, 'plain')
+  const aedesSqlite = await baselineRun(ctx, load, 'sqlite')
+  return { load, loadAverage: loadAverage(), gridgate, mosquitto, ratio, target: 'gridgate ≥ 0.5 × mosquitto', baselines: { aedes, aedesSqlite, note: 'aedes without hooks; aedes committing each raw payload to SQLite (WAL, synchronous=FULL, group commit) before its PUBACK: scripts/bench/aedes-baseline.ts' } }
 }
 
 async function scenarioRate (ctx: Ctx): Promise<Record<string, unknown>> {
@@ -741,6 +774,12 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     row('  PUBACK ms p50/p99/max', `gridgate ${fmtMs(g.pubackMs)}`, m === null ? '' : `mosquitto ${fmtMs(m.pubackMs)}`)
     row('  device→cloud ms p50/p99/max', fmtMs(g.deviceToCloudMs), `delivered ${g.delivered}${g.allDelivered === true ? '' : ' (NOT ALL)'}`)
     row('  CPU µs/msg gateway / loadgen / receiver', `${g.gateway.cpuPerMessageUs} / ${g.loadgenCpuPerMessageUs} / ${g.receiver.cpuPerMessageUs}`, m === null ? '' : `mosquitto ${m.broker.cpuPerMessageUs}`, `loadgen CPU ${g.loadgen.cpuUtilisation}`)
+    const b = s1.baselines as Record<string, any> | undefined
+    if (b !== undefined) {
+      const vs = (x: Record<string, any>): string => m === null ? '' : `${(x.msgsPerSec / m.msgsPerSec).toFixed(2)} × mosquitto`
+      row('  aedes alone (no hooks)', `${b.aedes.msgsPerSec} msgs/s, ${b.aedes.broker.cpuPerMessageUs} µs/msg`, `PUBACK p99 ${b.aedes.pubackMs.p99} ms`, vs(b.aedes))
+      row('  aedes + SQLite commit before PUBACK', `${b.aedesSqlite.msgsPerSec} msgs/s, ${b.aedesSqlite.broker.cpuPerMessageUs} µs/msg`, `PUBACK p99 ${b.aedesSqlite.pubackMs.p99} ms`, vs(b.aedesSqlite))
+    }
     row('  gateway RSS idle / end / peak MiB', `${g.gateway.idleRssMiB} / ${g.gateway.rssMiB} / ${g.gateway.peakRssMiB}`, `bytes written/event ${g.gateway.writeBytesPerEvent}`)
     row('  gateway CPU s: main thread / others', `${g.gateway.threadCpuSeconds.mainSeconds} / ${g.gateway.threadCpuSeconds.otherThreadsSeconds.join(', ')}`, `main thread busy ${g.gateway.mainThreadBusy} of the run`)
     row('  store commits (the writer thread)', `${g.gateway.commits} commits, ${g.gateway.eventsPerCommit} events each`, slowCommits(g.gateway.slowCommits))

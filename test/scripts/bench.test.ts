@@ -3,6 +3,7 @@
 // round trip, and the SVG writer's output (parsed by a real XML parser when python3 is there).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, spawnSync } from 'node:child_process'
 import { repoRoot, tempDir, hasCommand } from '../helpers/util.js'
@@ -93,6 +94,34 @@ test('idle mode holds subscribed connections until SIGTERM', async (t) => {
   const r = JSON.parse(out.trim().split('\n').at(-1)!) as LoadgenResult
   assert.deepEqual(r.errors, [])
   assert.equal(r.sent, 0)
+})
+
+test('the aedes reference brokers acknowledge every publish, the SQLite one after committing it', async (t) => {
+  for (const mode of ['plain', 'sqlite'] as const) {
+    const dir = tempDir(t, 'gg-bench-baseline-')
+    const broker = spawn(process.execPath, [path.join(benchDir, 'aedes-baseline.js'), '--mode', mode, '--data-dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+    t.after(() => broker.kill('SIGKILL'))
+    let out = ''
+    broker.stdout.on('data', (c: Buffer) => { out += c.toString() })
+    const exited = new Promise<number | null>((resolve) => broker.on('exit', resolve))
+    const deadline = Date.now() + 20_000
+    while (!out.includes('"listening"') && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+    const { port } = JSON.parse(out.split('\n')[0]!) as { port: number }
+    const r = await runJson('loadgen.js', ['--port', String(port), '--connections', '3', '--messages', '200', '--window', '8', '--devices', '3'])
+    assertReport(r, 'mqtt', 600)
+    broker.kill('SIGTERM')
+    assert.equal(await exited, 0)
+    const done = JSON.parse(out.trim().split('\n').at(-1)!) as { mode: string, committed: number, commits: number }
+    assert.equal(done.mode, mode)
+    if (mode === 'sqlite') {
+      assert.equal(done.committed, 600, 'every acknowledged publish was committed')
+      assert.ok(done.commits >= 1 && done.commits <= 600)
+    } else {
+      assert.equal(done.committed, 0)
+    }
+    // Its database goes with it.
+    assert.deepEqual(fs.readdirSync(dir), [])
+  }
 })
 
 test('the send stamp is written in place and found again in a batch of events', () => {
