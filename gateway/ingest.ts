@@ -10,6 +10,7 @@ import { GridgateError } from './errors.js'
 import type { Metrics, Protocol } from './metrics.js'
 import { deviceTime, type RuleMatch, type Rules } from './rules.js'
 import { StoreFullError, type Store } from '../store-forward/store.js'
+import { payloadFingerprint } from '../store-forward/protocol.js'
 
 export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
 
@@ -26,6 +27,12 @@ export interface IngestMessage {
   dedupKey?: Uint8Array | undefined
   /** The payload's fingerprint, when the key is a number the sender may reuse for another message. */
   dedupFp?: Uint8Array | undefined
+  /**
+   * Instead of dedupFp: the payload itself. The store's writer thread fingerprints it (SHA-256 is a
+   * few percent of the ingest thread's time per message); a retry still in flight is compared byte
+   * for byte.
+   */
+  dedupPayload?: Uint8Array | undefined
   /** Look the key up before storing (a retransmission is possible). */
   dedupCheck?: boolean | undefined
   /**
@@ -57,7 +64,6 @@ export interface IngestOptions {
 const latin1 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1')
 
 const SCOPE_BYTES = 8
-const FINGERPRINT_BYTES = 8
 const STRING_ID_BYTES = 16
 
 function sha256 (data: Uint8Array): Buffer {
@@ -85,7 +91,7 @@ export function dedupScope (...parts: ReadonlyArray<string>): Uint8Array {
  * A dedup key: scope ‖ the sender's message number (4 bytes big-endian, so one sender's consecutive
  * numbers are neighbours; a string id is hashed to 16 bytes). A number that the protocol lets the sender
  * reuse (MQTT packet ids, CoAP message IDs) replaces its entry, so the dedup table stays as small as the
- * senders' id spaces; the payload's fingerprint (dedupFingerprint) tells a retransmission from a new
+ * senders' id spaces; the payload's fingerprint (payloadFingerprint, computed by the store's writer) tells a retransmission from a new
  * message. The key may be a slice of Node's buffer pool (a fresh ArrayBuffer per message costs a
  * backing-store allocation): the store copies keys into the commit it hands to the writer thread.
  */
@@ -98,16 +104,29 @@ export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8A
   return key
 }
 
-/** The first 8 bytes of the payload's SHA-256, kept beside a dedup key whose number may be reused. */
-export function dedupFingerprint (payload: Uint8Array): Uint8Array {
-  return sha256(payload).subarray(0, FINGERPRINT_BYTES)
+/** An append in progress under its dedup key, with what tells its retransmission from a new message. */
+interface InFlight {
+  p: Promise<IngestResult>
+  fp: Uint8Array | undefined
+  payload: Uint8Array | undefined
+}
+
+/** Whether msg, a retry under the key of `first` (still in flight), carries the same message. */
+function sameInFlight (first: InFlight, msg: IngestMessage): boolean {
+  const fp = (m: { fp?: Uint8Array | undefined, payload?: Uint8Array | undefined }): Uint8Array | undefined => m.fp ?? (m.payload === undefined ? undefined : payloadFingerprint(m.payload))
+  if (first.payload !== undefined && msg.dedupPayload !== undefined) return Buffer.compare(first.payload, msg.dedupPayload) === 0
+  const a = fp(first)
+  const b = fp({ fp: msg.dedupFp, payload: msg.dedupPayload })
+  // Neither side fingerprinted: the key alone decides (as in the store, sameFingerprint).
+  if (a === undefined || b === undefined) return a === undefined && b === undefined
+  return Buffer.compare(a, b) === 0
 }
 
 /** Event sources kept per device id (a device's source string is built once, not per event). */
 const MAX_SOURCES = 4096
 
 export class Ingest {
-  private readonly inflight = new Map<string, Promise<IngestResult>>()
+  private readonly inflight = new Map<string, InFlight>()
   private readonly sources = new Map<string, string>()
   /** The last event time rendered: events of the same millisecond share the string. */
   private lastTime = { ms: Number.NaN, iso: '' }
@@ -116,13 +135,13 @@ export class Ingest {
 
   /** Throws GG_ERR_PAYLOAD_INVALID synchronously-rejected when the payload is refused; nothing is stored then. */
   ingest (msg: IngestMessage): Promise<IngestResult> {
-    const key = msg.dedupKey === undefined ? undefined : latin1(msg.dedupKey) + (msg.dedupFp === undefined ? '' : latin1(msg.dedupFp))
+    const key = msg.dedupKey === undefined ? undefined : latin1(msg.dedupKey)
     if (key !== undefined && msg.dedupCheck === true) {
       // A retry that arrives while the first commit is in progress waits for it (DESIGN.md
       // "Deduplication at ingest"); if that commit failed, the retry is stored itself.
       const first = this.inflight.get(key)
-      if (first !== undefined) {
-        return first.then(
+      if (first !== undefined && sameInFlight(first, msg)) {
+        return first.p.then(
           (r) => { this.o.metrics.dedupHits.inc({ protocol: msg.protocol }); return { ...r, duplicate: true } },
           () => this.ingest(msg),
         )
@@ -148,6 +167,7 @@ export class Ingest {
       eventId: event.id,
       ...(msg.dedupKey === undefined ? {} : { dedupKey: msg.dedupKey, dedupCheck: msg.dedupCheck === true }),
       ...(msg.dedupFp === undefined ? {} : { dedupFp: msg.dedupFp }),
+      ...(msg.dedupFp !== undefined || msg.dedupPayload === undefined ? {} : { dedupPayload: msg.dedupPayload }),
     }
     // The event rides along for the store's in-memory tail: forwarders render it without decoding the body.
     const first = this.o.store.append(item, event)
@@ -167,8 +187,9 @@ export class Ingest {
       throw err
     })
     if (key !== undefined) {
-      this.inflight.set(key, p)
-      const forget = (): void => { if (this.inflight.get(key) === p) this.inflight.delete(key) }
+      const entry: InFlight = { p, fp: msg.dedupFp, payload: msg.dedupFp === undefined ? msg.dedupPayload : undefined }
+      this.inflight.set(key, entry)
+      const forget = (): void => { if (this.inflight.get(key) === entry) this.inflight.delete(key) }
       p.then(forget, forget)
     }
     return p

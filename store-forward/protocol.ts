@@ -1,7 +1,20 @@
 // Messages between the main thread and the SQLite worker threads. The main thread never touches
 // SQLite (DESIGN.md, promise 6): every read and write is one of these requests.
 
+import { hash } from 'node:crypto'
+
 export const SCHEMA_VERSION = 3
+
+const FINGERPRINT_BYTES = 8
+
+/**
+ * A payload's fingerprint as the dedup table keeps it beside a reusable key: the first 8 bytes of its
+ * SHA-256. The writer thread computes it for appends that carry the payload (AppendItem.dedupPayload),
+ * so the thread that parses device traffic does not.
+ */
+export function payloadFingerprint (payload: Uint8Array): Uint8Array {
+  return hash('sha256', payload, 'buffer').subarray(0, FINGERPRINT_BYTES)
+}
 
 /** Test-only fault switches, shared with the writer through a SharedArrayBuffer (Int32Array slots). */
 export const FaultSlot = {
@@ -65,6 +78,8 @@ export interface AppendItem {
    * hit is a retransmission only when the fingerprints match, and a new message replaces the old entry.
    */
   dedupFp?: Uint8Array
+  /** Instead of dedupFp: the payload, whose fingerprint (payloadFingerprint) the writer computes. */
+  dedupPayload?: Uint8Array
   /** Look the key up first and answer with the original outcome if it is there. */
   dedupCheck?: boolean
 }
@@ -82,9 +97,12 @@ export type WriterAppendResult = AppendResult | { refused: 'GG_ERR_STORE_FULL' }
  * allocates per item on both threads; this moves one buffer of bodies, keys and fingerprints instead.
  */
 export interface PackedAppends {
-  /** Per item: ingestMs, routes, bodyLen, keyLen (-1 = none), fpLen (-1 = none), dedupCheck (0/1). */
+  /**
+   * Per item: ingestMs, routes, bodyLen, keyLen (-1 = none), fpLen (-1 = none), flags (1 = dedupCheck,
+   * 2 = the fp bytes are the payload itself, to be fingerprinted by the writer).
+   */
   meta: Float64Array
-  /** Per item: body ‖ key ‖ fp, back to back. */
+  /** Per item: body ‖ key ‖ fp (or payload), back to back. */
   data: Uint8Array
   eventIds: string[]
 }
@@ -93,7 +111,7 @@ const META_FIELDS = 6
 
 export function packAppends (items: readonly AppendItem[]): PackedAppends {
   let size = 0
-  for (const a of items) size += a.body.byteLength + (a.dedupKey?.byteLength ?? 0) + (a.dedupFp?.byteLength ?? 0)
+  for (const a of items) size += a.body.byteLength + (a.dedupKey?.byteLength ?? 0) + ((a.dedupFp ?? a.dedupPayload)?.byteLength ?? 0)
   const meta = new Float64Array(items.length * META_FIELDS)
   const data = new Uint8Array(size)
   const eventIds = new Array<string>(items.length)
@@ -105,12 +123,13 @@ export function packAppends (items: readonly AppendItem[]): PackedAppends {
     meta[m + 1] = a.routes
     meta[m + 2] = a.body.byteLength
     meta[m + 3] = a.dedupKey === undefined ? -1 : a.dedupKey.byteLength
-    meta[m + 4] = a.dedupFp === undefined ? -1 : a.dedupFp.byteLength
-    meta[m + 5] = a.dedupCheck === true ? 1 : 0
+    const fp = a.dedupFp ?? a.dedupPayload
+    meta[m + 4] = fp === undefined ? -1 : fp.byteLength
+    meta[m + 5] = (a.dedupCheck === true ? 1 : 0) | (a.dedupFp === undefined && a.dedupPayload !== undefined ? 2 : 0)
     data.set(a.body, at)
     at += a.body.byteLength
     if (a.dedupKey !== undefined) { data.set(a.dedupKey, at); at += a.dedupKey.byteLength }
-    if (a.dedupFp !== undefined) { data.set(a.dedupFp, at); at += a.dedupFp.byteLength }
+    if (fp !== undefined) { data.set(fp, at); at += fp.byteLength }
     eventIds[i] = a.eventId
   }
   return { meta, data, eventIds }
@@ -129,8 +148,12 @@ export function unpackAppends (p: PackedAppends): AppendItem[] {
   for (let i = 0; i < out.length; i++) {
     const m = i * META_FIELDS
     const item: AppendItem = { ingestMs: meta[m]!, routes: meta[m + 1]!, body: view(meta[m + 2]!), eventId: p.eventIds[i]! }
-    if (meta[m + 3]! >= 0) { item.dedupKey = view(meta[m + 3]!); item.dedupCheck = meta[m + 5] === 1 }
-    if (meta[m + 4]! >= 0) item.dedupFp = view(meta[m + 4]!)
+    const flags = meta[m + 5]!
+    if (meta[m + 3]! >= 0) { item.dedupKey = view(meta[m + 3]!); item.dedupCheck = (flags & 1) === 1 }
+    if (meta[m + 4]! >= 0) {
+      if ((flags & 2) === 2) item.dedupPayload = view(meta[m + 4]!)
+      else item.dedupFp = view(meta[m + 4]!)
+    }
     out[i] = item
   }
   return out

@@ -7,6 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
+  payloadFingerprint,
   SCHEMA_VERSION, FaultSlot, unpackAppends,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
@@ -424,9 +425,10 @@ class Writer {
       const admit = this.makeRoom(incoming)
       const windowStart = nowMs - init.dedupWindowMs
       for (const a of appends) {
+        const fp = a.dedupFp ?? (a.dedupKey !== undefined && a.dedupPayload !== undefined ? payloadFingerprint(a.dedupPayload) : undefined)
         if (a.dedupKey !== undefined && a.dedupCheck === true) {
           const hit = s.dedupGet.get(a.dedupKey, windowStart) as { seq: number, eventId: string, fp: Uint8Array | null } | undefined
-          if (hit !== undefined && sameFingerprint(hit.fp, a.dedupFp)) {
+          if (hit !== undefined && sameFingerprint(hit.fp, fp)) {
             results.push({ seq: hit.seq, duplicate: true, eventId: hit.eventId })
             continue
           }
@@ -445,7 +447,7 @@ class Writer {
             if ((a.routes & 2 ** slot) !== 0) { u.events++; u.bytes += a.body.byteLength }
           }
         }
-        if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs, a.dedupFp ?? null)
+        if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs, fp ?? null)
         results.push({ seq, duplicate: false })
       }
       for (const d of deadLetters) {

@@ -18,7 +18,7 @@ import type { Logger } from 'pino'
 import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
-import { dedupFingerprint, dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
+import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
 import { parseMediaType, type DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import type { Presence } from '../../gateway/devices.js'
@@ -336,7 +336,7 @@ export class CoapAdapter implements DeviceAdapter {
         canRefuse: true,
         // Retransmissions after a restart or beyond the LRU: (endpoint, message ID, payload) in the store.
         dedupKey: dedupKey(this.scopeOf(req.endpoint), packet.messageId),
-        dedupFp: dedupFingerprint(payload),
+        dedupPayload: payload,
         dedupCheck: packet.confirmable,
       })
       await p

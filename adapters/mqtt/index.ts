@@ -13,7 +13,7 @@ import type { Logger } from 'pino'
 import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
-import { dedupFingerprint, dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
+import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { BrokerPersistence, type RetainedBackend } from './persistence.js'
 import { GridgateBroker } from './broker.js'
@@ -324,7 +324,7 @@ export class MqttAdapter implements DeviceAdapter {
       traceparent: typeof traceparent === 'string' ? traceparent : undefined,
       // Retransmissions: (broker client id, packet id, payload) within store.dedupWindow.
       dedupKey: packet.qos > 0 ? dedupKey(this.scopeOf(client), packet.messageId ?? 0) : undefined,
-      dedupFp: packet.qos > 0 ? dedupFingerprint(payload) : undefined,
+      dedupPayload: packet.qos > 0 ? payload : undefined,
       dedupCheck: packet.qos === 2 || packet.dup === true,
       // MQTT 3.1.1 cannot refuse one publish: while the store is full the ack is withheld up to
       // store.rejectWait, then the connection is closed without it. MQTT 5 answers 0x97 at once.

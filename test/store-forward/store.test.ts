@@ -5,7 +5,7 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import { pino } from 'pino'
 import { Store, STORE_FILE, type StoreOptions } from '../../store-forward/store.js'
-import { SCHEMA_VERSION } from '../../store-forward/protocol.js'
+import { SCHEMA_VERSION, packAppends, payloadFingerprint, unpackAppends } from '../../store-forward/protocol.js'
 import { isGridgateError } from '../../gateway/errors.js'
 import protobuf from 'protobufjs'
 import { encodeEvent, renderJsonBatch, type GridEvent } from '../../gateway/event.js'
@@ -134,6 +134,44 @@ test('a reused dedup key with another fingerprint is a new event and replaces th
   await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('c'), eventId: 'id-5', dedupKey: plain })
   assert.equal((await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('c'), eventId: 'id-6', dedupKey: plain, dedupFp: fp(5), dedupCheck: true })).duplicate, false)
   assert.equal((await s.stats()).events, 5)
+})
+
+test('an append that carries its payload is fingerprinted by the writer, as if it carried the fingerprint', async (t) => {
+  const dir = tempDir(t)
+  const s = await open(t, dir)
+  const key = new Uint8Array(12).fill(7)
+  const payload = new TextEncoder().encode('{"t":21.5}')
+  const first = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('a'), eventId: 'id-1', dedupKey: key, dedupPayload: payload })
+  // The same payload under the same key: a retransmission, whether it comes with its payload or with
+  // the fingerprint of it.
+  const retry = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('a'), eventId: 'id-2', dedupKey: key, dedupPayload: Uint8Array.from(payload), dedupCheck: true })
+  assert.deepEqual(retry, { seq: first.seq, duplicate: true, eventId: 'id-1' })
+  const byFp = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('a'), eventId: 'id-3', dedupKey: key, dedupFp: payloadFingerprint(payload), dedupCheck: true })
+  assert.deepEqual(byFp, { seq: first.seq, duplicate: true, eventId: 'id-1' })
+  // Another payload under the reused key is a new event.
+  const other = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('b'), eventId: 'id-4', dedupKey: key, dedupPayload: new TextEncoder().encode('{"t":22}'), dedupCheck: true })
+  assert.equal(other.duplicate, false)
+  await s.close()
+  // The fingerprint was stored: it still tells them apart after a restart.
+  const s2 = await open(t, dir)
+  const after = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('b'), eventId: 'id-5', dedupKey: key, dedupPayload: new TextEncoder().encode('{"t":22}'), dedupCheck: true })
+  assert.deepEqual(after, { seq: other.seq, duplicate: true, eventId: 'id-4' })
+  assert.equal((await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('a'), eventId: 'id-6', dedupKey: key, dedupPayload: payload, dedupCheck: true })).duplicate, false)
+  assert.equal((await s2.stats()).events, 3)
+})
+
+test('packed appends carry a payload to fingerprint apart from a fingerprint', () => {
+  const items = [
+    { ingestMs: 1, routes: 1, body: body('a'), eventId: 'a', dedupKey: new Uint8Array([1, 2]), dedupPayload: new Uint8Array([9, 9, 9]), dedupCheck: true },
+    { ingestMs: 2, routes: 1, body: body('b'), eventId: 'b', dedupKey: new Uint8Array([3]), dedupFp: new Uint8Array(8).fill(5) },
+    { ingestMs: 3, routes: 1, body: body('c'), eventId: 'c' },
+  ]
+  const back = unpackAppends(packAppends(items))
+  assert.deepEqual(back.map(i => ({ ...i, body: [...i.body], dedupKey: i.dedupKey && [...i.dedupKey], dedupFp: i.dedupFp && [...i.dedupFp], dedupPayload: i.dedupPayload && [...i.dedupPayload] })), [
+    { ingestMs: 1, routes: 1, body: [...body('a')], eventId: 'a', dedupKey: [1, 2], dedupCheck: true, dedupFp: undefined, dedupPayload: [9, 9, 9] },
+    { ingestMs: 2, routes: 1, body: [...body('b')], eventId: 'b', dedupKey: [3], dedupCheck: false, dedupFp: [5, 5, 5, 5, 5, 5, 5, 5], dedupPayload: undefined },
+    { ingestMs: 3, routes: 1, body: [...body('c')], eventId: 'c', dedupKey: undefined, dedupFp: undefined, dedupPayload: undefined },
+  ])
 })
 
 test('pages served from the in-memory tail equal the pages SQLite returns, for every uplink, offset and limit', async (t) => {
