@@ -10,7 +10,7 @@ import { GridgateError } from './errors.js'
 import type { Metrics, Protocol } from './metrics.js'
 import { deviceTime, type RuleMatch, type Rules } from './rules.js'
 import { StoreFullError, type Store } from '../store-forward/store.js'
-import { payloadFingerprint } from '../store-forward/protocol.js'
+import { payloadFingerprint, type AppendItem, type AppendResult } from '../store-forward/protocol.js'
 
 export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
 
@@ -160,21 +160,22 @@ export class Ingest {
     }
     if (decoded.normalizeerror !== undefined) this.o.metrics.normalizeFailures.inc({ protocol: msg.protocol })
     const event = this.stamp(msg, decoded, nowMs, rule)
-    const item = {
+    // Every field present (undefined when absent): one object shape for every append.
+    const item: AppendItem = {
       ingestMs: nowMs,
       routes: this.o.store.route(event.type, event.subject ?? msg.topic),
       body: encodeEvent(event),
       eventId: event.id,
-      ...(msg.dedupKey === undefined ? {} : { dedupKey: msg.dedupKey, dedupCheck: msg.dedupCheck === true }),
-      ...(msg.dedupFp === undefined ? {} : { dedupFp: msg.dedupFp }),
-      ...(msg.dedupFp !== undefined || msg.dedupPayload === undefined ? {} : { dedupPayload: msg.dedupPayload }),
+      dedupKey: msg.dedupKey,
+      dedupCheck: msg.dedupKey === undefined ? undefined : msg.dedupCheck === true,
+      dedupFp: msg.dedupFp,
+      dedupPayload: msg.dedupFp === undefined ? msg.dedupPayload : undefined,
     }
-    // The event rides along for the store's in-memory tail: forwarders render it without decoding the body.
-    const first = this.o.store.append(item, event)
-    const appended = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
-      ? first
-      : first.catch((err: unknown) => this.waitForSpace(err, item, event, msg, Date.now() + msg.fullWaitMs!))
-    const p = appended.then((r) => {
+    // In flight under its key until its commit answers (a retry meanwhile waits for it).
+    const entry: InFlight | undefined = key === undefined ? undefined : { p: undefined!, fp: msg.dedupFp, payload: item.dedupPayload }
+    const forget = (): void => { if (entry !== undefined && this.inflight.get(key!) === entry) this.inflight.delete(key!) }
+    const stored = (r: AppendResult): IngestResult => {
+      forget()
       if (r.duplicate) {
         this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
         this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
@@ -182,15 +183,20 @@ export class Ingest {
       }
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'stored' })
       return { eventId: event.id, seq: r.seq, duplicate: false }
-    }, (err: unknown) => {
+    }
+    const failed = (err: unknown): never => {
+      forget()
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'failed' })
       throw err
-    })
-    if (key !== undefined) {
-      const entry: InFlight = { p, fp: msg.dedupFp, payload: msg.dedupFp === undefined ? msg.dedupPayload : undefined }
-      this.inflight.set(key, entry)
-      const forget = (): void => { if (this.inflight.get(key) === entry) this.inflight.delete(key) }
-      p.then(forget, forget)
+    }
+    // The event rides along for the store's in-memory tail: forwarders render it without decoding the body.
+    const first = this.o.store.append(item, event)
+    const p = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
+      ? first.then(stored, failed)
+      : first.then(stored, (err: unknown) => this.waitForSpace(err, item, event, msg, Date.now() + msg.fullWaitMs!).then(stored, failed))
+    if (entry !== undefined) {
+      entry.p = p
+      this.inflight.set(key!, entry)
     }
     return p
   }

@@ -72,16 +72,16 @@ export interface AppendItem {
   body: Uint8Array
   eventId: string
   /** Dedup key (bytes); recorded with the event for store.dedupWindow. */
-  dedupKey?: Uint8Array
+  dedupKey?: Uint8Array | undefined
   /**
    * The payload's fingerprint, kept with the key: a key is the sender's reusable message number, so a
    * hit is a retransmission only when the fingerprints match, and a new message replaces the old entry.
    */
-  dedupFp?: Uint8Array
+  dedupFp?: Uint8Array | undefined
   /** Instead of dedupFp: the payload, whose fingerprint (payloadFingerprint) the writer computes. */
-  dedupPayload?: Uint8Array
+  dedupPayload?: Uint8Array | undefined
   /** Look the key up first and answer with the original outcome if it is there. */
-  dedupCheck?: boolean
+  dedupCheck?: boolean | undefined
 }
 
 export type AppendResult =
