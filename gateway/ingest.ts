@@ -10,7 +10,7 @@ import { GridgateError } from './errors.js'
 import type { Metrics, Protocol } from './metrics.js'
 import { deviceTime, type RuleMatch, type Rules } from './rules.js'
 import { StoreFullError, type Store } from '../store-forward/store.js'
-import { payloadFingerprint, type AppendItem, type AppendResult } from '../store-forward/protocol.js'
+import type { AppendItem, AppendResult } from '../store-forward/protocol.js'
 
 export const DEFAULT_EVENT_TYPE = 'gridgate.telemetry'
 
@@ -25,12 +25,10 @@ export interface IngestMessage {
   canRefuse: boolean
   traceparent?: string | undefined
   dedupKey?: Uint8Array | undefined
-  /** The payload's fingerprint, when the key is a number the sender may reuse for another message. */
-  dedupFp?: Uint8Array | undefined
   /**
-   * Instead of dedupFp: the payload itself. The store's writer thread fingerprints it (SHA-256 is a
-   * few percent of the ingest thread's time per message); a retry still in flight is compared byte
-   * for byte.
+   * The payload, when the key is a number the sender may reuse for another message: the store's
+   * writer thread keeps its fingerprint beside the key (SHA-256 would be a few percent of this
+   * thread's time per message); a retry still in flight is compared with it byte for byte.
    */
   dedupPayload?: Uint8Array | undefined
   /** Look the key up before storing (a retransmission is possible). */
@@ -91,9 +89,10 @@ export function dedupScope (...parts: ReadonlyArray<string>): Uint8Array {
  * A dedup key: scope ‖ the sender's message number (4 bytes big-endian, so one sender's consecutive
  * numbers are neighbours; a string id is hashed to 16 bytes). A number that the protocol lets the sender
  * reuse (MQTT packet ids, CoAP message IDs) replaces its entry, so the dedup table stays as small as the
- * senders' id spaces; the payload's fingerprint (payloadFingerprint, computed by the store's writer) tells a retransmission from a new
- * message. The key may be a slice of Node's buffer pool (a fresh ArrayBuffer per message costs a
- * backing-store allocation): the store copies keys into the commit it hands to the writer thread.
+ * senders' id spaces; the payload's fingerprint (payloadFingerprint, computed by the store's writer)
+ * tells a retransmission from a new message. The key may be a slice of Node's buffer pool (a fresh
+ * ArrayBuffer per message costs a backing-store allocation): the store copies keys into the commit it
+ * hands to the writer thread.
  */
 export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8Array {
   const idBytes = typeof messageId === 'number' ? 4 : STRING_ID_BYTES
@@ -104,22 +103,15 @@ export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8A
   return key
 }
 
-/** An append in progress under its dedup key, with what tells its retransmission from a new message. */
+/** An append in progress under its dedup key, with the payload that tells its retransmission from a new message. */
 interface InFlight {
   p: Promise<IngestResult>
-  fp: Uint8Array | undefined
   payload: Uint8Array | undefined
 }
 
-/** Whether msg, a retry under the key of `first` (still in flight), carries the same message. */
-function sameInFlight (first: InFlight, msg: IngestMessage): boolean {
-  const fp = (m: { fp?: Uint8Array | undefined, payload?: Uint8Array | undefined }): Uint8Array | undefined => m.fp ?? (m.payload === undefined ? undefined : payloadFingerprint(m.payload))
-  if (first.payload !== undefined && msg.dedupPayload !== undefined) return Buffer.compare(first.payload, msg.dedupPayload) === 0
-  const a = fp(first)
-  const b = fp({ fp: msg.dedupFp, payload: msg.dedupPayload })
-  // Neither side fingerprinted: the key alone decides (as in the store, sameFingerprint).
-  if (a === undefined || b === undefined) return a === undefined && b === undefined
-  return Buffer.compare(a, b) === 0
+/** Same payload, or no payload on either side (the key alone decides, as in the store). */
+function samePayload (a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : Buffer.compare(a, b) === 0
 }
 
 /** Event sources kept per device id (a device's source string is built once, not per event). */
@@ -140,7 +132,7 @@ export class Ingest {
       // A retry that arrives while the first commit is in progress waits for it (DESIGN.md
       // "Deduplication at ingest"); if that commit failed, the retry is stored itself.
       const first = this.inflight.get(key)
-      if (first !== undefined && sameInFlight(first, msg)) {
+      if (first !== undefined && samePayload(first.payload, msg.dedupPayload)) {
         return first.p.then(
           (r) => { this.o.metrics.dedupHits.inc({ protocol: msg.protocol }); return { ...r, duplicate: true } },
           () => this.ingest(msg),
@@ -168,12 +160,11 @@ export class Ingest {
       eventId: event.id,
       dedupKey: msg.dedupKey,
       dedupCheck: msg.dedupKey === undefined ? undefined : msg.dedupCheck === true,
-      dedupFp: msg.dedupFp,
-      dedupPayload: msg.dedupFp === undefined ? msg.dedupPayload : undefined,
+      dedupPayload: msg.dedupPayload,
     }
-    // In flight under its key until its commit answers (a retry meanwhile waits for it).
-    const entry: InFlight | undefined = key === undefined ? undefined : { p: undefined!, fp: msg.dedupFp, payload: item.dedupPayload }
-    const forget = (): void => { if (entry !== undefined && this.inflight.get(key!) === entry) this.inflight.delete(key!) }
+    // In flight under its key until its commit answers (a retry meanwhile waits for it). The handlers
+    // run only once the append settles, after `p` below is assigned.
+    const forget = (): void => { if (key !== undefined && this.inflight.get(key)?.p === p) this.inflight.delete(key) }
     const stored = (r: AppendResult): IngestResult => {
       forget()
       if (r.duplicate) {
@@ -194,10 +185,7 @@ export class Ingest {
     const p = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
       ? first.then(stored, failed)
       : first.then(stored, (err: unknown) => this.waitForSpace(err, item, event, msg, Date.now() + msg.fullWaitMs!).then(stored, failed))
-    if (entry !== undefined) {
-      entry.p = p
-      this.inflight.set(key!, entry)
-    }
+    if (key !== undefined) this.inflight.set(key, { p, payload: msg.dedupPayload })
     return p
   }
 

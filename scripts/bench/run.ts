@@ -474,15 +474,19 @@ async function measureRun (ctx: Ctx, gw: Gateway, label: string, load: MqttLoad,
   }
 }
 
+/** The MQTT load against a broker other than gridgate, with the broker process's CPU from /proc. */
+async function brokerLoad (pid: number, port: number, load: MqttLoad): Promise<{ loadgen: ReturnType<typeof combine>, msgsPerSec: number, pubackMs: Percentiles, broker: Usage & { cpuPerMessageUs: number } }> {
+  const p0 = procSample(pid)
+  const lg = await mqttLoad(port, load)
+  const u = usage(p0, procSample(pid))
+  return { loadgen: lg, msgsPerSec: lg.msgsPerSec, pubackMs: lg.ackMs, broker: { ...u, cpuPerMessageUs: perMessageUs(u.cpuSeconds, lg.acked) } }
+}
+
 async function mosquittoRun (ctx: Ctx, load: MqttLoad): Promise<Record<string, unknown> | null> {
   if (ctx.o.mosquitto === null) return null
   const mq = await startMosquitto(ctx.o.mosquitto, ctx.o)
   try {
-    const p0 = procSample(mq.pid)
-    const lg = await mqttLoad(mq.port, load)
-    const p1 = procSample(mq.pid)
-    const u = usage(p0, p1)
-    return { loadgen: lg, msgsPerSec: lg.msgsPerSec, pubackMs: lg.ackMs, broker: { ...u, cpuPerMessageUs: perMessageUs(u.cpuSeconds, lg.acked) } }
+    return await brokerLoad(mq.pid, mq.port, load)
   } finally {
     await mq.stop()
   }
@@ -505,13 +509,10 @@ async function baselineRun (ctx: Ctx, load: MqttLoad, mode: BaselineResult['mode
       if (Date.now() > deadline) throw new Error(`the ${mode} aedes baseline did not start listening`)
       await sleep(50)
     }
-    const p0 = procSample(broker.pid)
-    const lg = await mqttLoad(port, load)
-    const p1 = procSample(broker.pid)
-    const u = usage(p0, p1)
+    const measured = await brokerLoad(broker.pid, port, load)
     broker.child.kill('SIGTERM')
     const done = await broker.result
-    return { loadgen: lg, msgsPerSec: lg.msgsPerSec, pubackMs: lg.ackMs, broker: { ...u, cpuPerMessageUs: perMessageUs(u.cpuSeconds, lg.acked) }, ...(mode === 'sqlite' ? { eventsPerCommit: Number((done.committed / Math.max(1, done.commits)).toFixed(1)) } : {}) }
+    return { ...measured, ...(mode === 'sqlite' ? { eventsPerCommit: Number((done.committed / Math.max(1, done.commits)).toFixed(1)) } : {}) }
   } finally {
     if (broker.child.exitCode === null) broker.child.kill('SIGKILL')
   }
