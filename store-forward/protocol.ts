@@ -88,8 +88,6 @@ export type AppendResult =
   | { seq: number, duplicate: false }
   | { seq: number, duplicate: true, eventId: string }
 
-/** The writer's answer per append: stored, a duplicate, or refused because the store is full (reject-new). */
-export type WriterAppendResult = AppendResult | { refused: 'GG_ERR_STORE_FULL' }
 
 /**
  * One commit's appends as two transferable buffers and the event ids: structured-cloning an array of
@@ -179,7 +177,17 @@ export interface WriterState {
   events: number
 }
 
-export interface CommitResult { results: WriterAppendResult[], state: WriterState }
+/**
+ * The writer's answer to a commit. `seqs` has one entry per append, in order: its sequence, the
+ * original's for a duplicate, or REFUSED_FULL when the store is full (reject-new). The duplicates,
+ * rare, are listed by index with the original's event id. A typed array crosses to the main thread as
+ * one transferred buffer; an object per append cost a structured clone on both threads (about 0.3 µs
+ * per append on each side).
+ */
+export interface CommitResult { seqs: Float64Array, duplicates: Array<[index: number, eventId: string]>, state: WriterState }
+
+/** In CommitResult.seqs: the append was refused because the store is full (sequences start at 1). */
+export const REFUSED_FULL = 0
 
 export interface MaintainResult {
   state: WriterState

@@ -11,7 +11,7 @@ import {
   SCHEMA_VERSION, FaultSlot, unpackAppends,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
-  type StatsResult, type WriterAppendResult, type PackedRenderedPage, packRows, type WriterState, type CommitResult, type MaintainResult,
+  type StatsResult, type PackedRenderedPage, REFUSED_FULL, packRows, type WriterState, type CommitResult, type MaintainResult,
   type ClockStep, type DropReason, type DeadLetterRow, type QuotaInit, type RetainedRow, type RetainedLoadResult,
 } from './protocol.js'
 import { routingFields } from './event-fields.js'
@@ -415,7 +415,8 @@ class Writer {
 
   /** One transaction: cursor moves first (they free room), then the quota decision, inserts, dead letters. */
   commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained: RetainedRow[] = []): CommitResult {
-    const results: WriterAppendResult[] = []
+    const seqs = new Float64Array(appends.length)
+    const duplicates: CommitResult['duplicates'] = []
     this.transaction(() => {
       const s = this.stmts
       for (const a of acks) this.moveCursor(a.slot, a.seq)
@@ -424,17 +425,19 @@ class Writer {
       for (const a of appends) incoming += a.body.byteLength + ROW_OVERHEAD
       const admit = this.makeRoom(incoming)
       const windowStart = nowMs - init.dedupWindowMs
-      for (const a of appends) {
+      for (let i = 0; i < appends.length; i++) {
+        const a = appends[i]!
         const fp = a.dedupFp ?? (a.dedupKey !== undefined && a.dedupPayload !== undefined ? payloadFingerprint(a.dedupPayload) : undefined)
         if (a.dedupKey !== undefined && a.dedupCheck === true) {
           const hit = s.dedupGet.get(a.dedupKey, windowStart) as { seq: number, eventId: string, fp: Uint8Array | null } | undefined
           if (hit !== undefined && sameFingerprint(hit.fp, fp)) {
-            results.push({ seq: hit.seq, duplicate: true, eventId: hit.eventId })
+            seqs[i] = hit.seq
+            duplicates.push([i, hit.eventId])
             continue
           }
         }
         if (!admit) {
-          results.push({ refused: 'GG_ERR_STORE_FULL' })
+          seqs[i] = REFUSED_FULL
           continue
         }
         const seq = Number(s.insert.run(a.ingestMs, a.routes, a.body.byteLength, a.body).lastInsertRowid)
@@ -448,7 +451,7 @@ class Writer {
           }
         }
         if (a.dedupKey !== undefined) s.dedupPut.run(a.dedupKey, seq, a.eventId, a.ingestMs, fp ?? null)
-        results.push({ seq, duplicate: false })
+        seqs[i] = seq
       }
       for (const d of deadLetters) {
         s.deadLetter.run(d.uplink, d.seq, d.ingestMs, d.reason, d.status, nowMs, d.body)
@@ -464,7 +467,7 @@ class Writer {
       return () => { if (floorDue) this.persistedFloor = floorMs }
     })
     const wal = this.checkpointIfLarge()
-    return { results, state: this.state(wal) }
+    return { seqs, duplicates, state: this.state(wal) }
   }
 
   /**
@@ -1068,7 +1071,9 @@ function handle (req: Request): unknown {
     }
     case 'commit': {
       if (writer === null) throw new Error('commit on a reader')
-      return writer.commit(unpackAppends(req.appends), req.acks, req.deadLetters, req.floorMs, req.nowMs, req.retained)
+      const result = writer.commit(unpackAppends(req.appends), req.acks, req.deadLetters, req.floorMs, req.nowMs, req.retained)
+      transferNext = [result.seqs.buffer as ArrayBuffer]
+      return result
     }
     case 'maintain':
       if (writer === null) throw new Error('maintain on a reader')

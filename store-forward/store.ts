@@ -6,7 +6,7 @@ import type { Logger } from 'pino'
 import { GridgateError } from '../gateway/errors.js'
 import { WorkerClient } from './worker-client.js'
 import {
-  FAULT_SLOTS, FaultSlot, packAppends, unpackRows,
+  FAULT_SLOTS, FaultSlot, REFUSED_FULL, packAppends, unpackRows,
   type AppendItem, type AppendResult, type AckItem, type DeadLetterItem, type InitResult,
   type StoredRow, type StatsResult, type UplinkState, type UplinkInit, type QuotaInit, type ClockStep,
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
@@ -387,28 +387,31 @@ export class Store extends EventEmitter<StoreEvents> {
       floorMs: this.opts.floorMs(),
       nowMs: this.opts.now(),
       ...(retained.length === 0 ? {} : { retained: retained.map(r => r.row) }),
-    }, [appends.meta.buffer as ArrayBuffer, appends.data.buffer as ArrayBuffer]).then(({ results, state }) => {
+    }, [appends.meta.buffer as ArrayBuffer, appends.data.buffer as ArrayBuffer]).then(({ seqs, duplicates, state }) => {
       for (const r of retained) r.resolve()
       this.commits++
       // From the hand-over to the writer thread until its answer: the transaction and its fsync.
       this.emit('committed', performance.now() - sentAt)
       let last = this.lastSeq
       const fresh: TailRow[] = []
+      let dup = 0
       for (let i = 0; i < batch.length; i++) {
-        const r = results[i]!
+        const seq = seqs[i]!
         const p = batch[i]!
-        if ('refused' in r) {
+        if (seq === REFUSED_FULL) {
           p.reject(new StoreFullError())
           continue
         }
-        if (!r.duplicate) {
-          last = Math.max(last, r.seq)
-          // A binary payload's bytes are a view into the connection's read buffer: the tail would pin
-          // that whole buffer, so such an event is decoded from its body when rendered instead.
-          const event = p.event?.data?.kind === 'binary' ? undefined : p.event
-          fresh.push({ seq: r.seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event })
+        if (dup < duplicates.length && duplicates[dup]![0] === i) {
+          p.resolve({ seq, duplicate: true, eventId: duplicates[dup++]![1] })
+          continue
         }
-        p.resolve(r)
+        last = Math.max(last, seq)
+        // A binary payload's bytes are a view into the connection's read buffer: the tail would pin
+        // that whole buffer, so such an event is decoded from its body when rendered instead.
+        const event = p.event?.data?.kind === 'binary' ? undefined : p.event
+        fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event })
+        p.resolve({ seq, duplicate: false })
       }
       this.applyState(state)
       for (const w of waiters) w.resolve()
