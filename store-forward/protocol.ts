@@ -88,7 +88,6 @@ export type AppendResult =
   | { seq: number, duplicate: false }
   | { seq: number, duplicate: true, eventId: string }
 
-
 /**
  * One commit's appends as two transferable buffers and the event ids: structured-cloning an array of
  * items copies every body's whole backing ArrayBuffer (Node's 8 KiB pool slab for small ones) and
