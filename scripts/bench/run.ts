@@ -528,8 +528,9 @@ async function baselineRun (ctx: Ctx, load: MqttLoad, mode: BaselineResult['mode
 interface IngestRound { gridgate: Record<string, unknown>, mosquitto: Record<string, unknown> | null, ratio: number | null, loadAverage: number[], charts: Panel[][] }
 
 /**
- * One round of scenario 1: gridgate and mosquitto under the same load, one after the other. Odd rounds
- * run mosquitto first, so a machine that gets busier (or quieter) during the run favours neither.
+ * One round of scenario 1: gridgate and mosquitto under the same load, one after the other. Every second
+ * round (the 2nd, 4th, …) runs mosquitto first, so a machine that gets busier (or quieter) during the
+ * run favours neither.
  */
 async function ingestRound (ctx: Ctx, load: MqttLoad, round: number): Promise<IngestRound> {
   const mosquittoFirst = round % 2 === 1
