@@ -59,8 +59,6 @@ export interface IngestOptions {
   rules?: Rules | undefined
 }
 
-const latin1 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1')
-
 const SCOPE_BYTES = 8
 const STRING_ID_BYTES = 16
 
@@ -103,22 +101,10 @@ export function dedupKey (scope: Uint8Array, messageId: number | string): Uint8A
   return key
 }
 
-/** An append in progress under its dedup key, with the payload that tells its retransmission from a new message. */
-interface InFlight {
-  p: Promise<IngestResult>
-  payload: Uint8Array | undefined
-}
-
-/** Same payload, or no payload on either side (the key alone decides, as in the store). */
-function samePayload (a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
-  return a === undefined || b === undefined ? a === b : Buffer.compare(a, b) === 0
-}
-
 /** Event sources kept per device id (a device's source string is built once, not per event). */
 const MAX_SOURCES = 4096
 
 export class Ingest {
-  private readonly inflight = new Map<string, InFlight>()
   private readonly sources = new Map<string, string>()
   /** The last event time rendered: events of the same millisecond share the string. */
   private lastTime = { ms: Number.NaN, iso: '' }
@@ -127,18 +113,10 @@ export class Ingest {
 
   /** Throws GG_ERR_PAYLOAD_INVALID synchronously-rejected when the payload is refused; nothing is stored then. */
   ingest (msg: IngestMessage): Promise<IngestResult> {
-    const key = msg.dedupKey === undefined ? undefined : latin1(msg.dedupKey)
-    if (key !== undefined && msg.dedupCheck === true) {
-      // A retry that arrives while the first commit is in progress waits for it (DESIGN.md
-      // "Deduplication at ingest"); if that commit failed, the retry is stored itself.
-      const first = this.inflight.get(key)
-      if (first !== undefined && samePayload(first.payload, msg.dedupPayload)) {
-        return first.p.then(
-          (r) => { this.o.metrics.dedupHits.inc({ protocol: msg.protocol }); return { ...r, duplicate: true } },
-          () => this.ingest(msg),
-        )
-      }
-    }
+    // A retry that arrives while its original's commit is in progress needs nothing here (DESIGN.md
+    // "Deduplication at ingest"): it is queued behind the original, and the writer, which commits in
+    // order, finds the original's dedup entry (in the same transaction or an earlier one) and answers
+    // with its sequence and event id. If the original's commit failed, the retry is stored itself.
     // One reading of the clock for the event's time, its id's timestamp, its stored ingest time and
     // "now" for payload formats with relative times (SenML).
     const nowMs = this.o.clock.now()
@@ -162,35 +140,29 @@ export class Ingest {
       dedupCheck: msg.dedupKey === undefined ? undefined : msg.dedupCheck === true,
       dedupPayload: msg.dedupPayload,
     }
-    // In flight under its key until its commit answers (a retry meanwhile waits for it). The handlers
-    // run only once the append settles, after `p` below is assigned.
-    const forget = (): void => { if (key !== undefined && this.inflight.get(key)?.p === p) this.inflight.delete(key) }
+    // Only the id outlives this call: the event object dies young, the stored bytes carry the rest.
+    const eventId = event.id
     const stored = (r: AppendResult): IngestResult => {
-      forget()
       if (r.duplicate) {
         this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
         this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
         return { eventId: r.eventId, seq: r.seq, duplicate: true }
       }
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'stored' })
-      return { eventId: event.id, seq: r.seq, duplicate: false }
+      return { eventId, seq: r.seq, duplicate: false }
     }
     const failed = (err: unknown): never => {
-      forget()
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'failed' })
       throw err
     }
-    // The event rides along for the store's in-memory tail: forwarders render it without decoding the body.
-    const first = this.o.store.append(item, event)
-    const p = msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
+    const first = this.o.store.append(item)
+    return msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
       ? first.then(stored, failed)
-      : first.then(stored, (err: unknown) => this.waitForSpace(err, item, event, msg, Date.now() + msg.fullWaitMs!).then(stored, failed))
-    if (key !== undefined) this.inflight.set(key, { p, payload: msg.dedupPayload })
-    return p
+      : first.then(stored, (err: unknown) => this.waitForSpace(err, item, msg, Date.now() + msg.fullWaitMs!).then(stored, failed))
   }
 
   /** Retries an append refused for a full store each time the store reports space, until the deadline. */
-  private async waitForSpace (err: unknown, item: Parameters<Store['append']>[0], event: GridEvent, msg: IngestMessage, deadline: number): Promise<Awaited<ReturnType<Store['append']>>> {
+  private async waitForSpace (err: unknown, item: Parameters<Store['append']>[0], msg: IngestMessage, deadline: number): Promise<Awaited<ReturnType<Store['append']>>> {
     let last = err
     while (last instanceof StoreFullError) {
       const left = deadline - Date.now()
@@ -203,7 +175,7 @@ export class Ingest {
       if (msg.abandoned?.() === true) throw new GridgateError('GG_ERR_STORE_FULL', 'the device went away while the store was full; the event was not stored')
       if (Date.now() >= deadline && this.o.store.full) break
       try {
-        return await this.o.store.append(item, event)
+        return await this.o.store.append(item)
       } catch (e) {
         last = e
       }

@@ -1,14 +1,10 @@
 // The seam between the forwarder and a cloud protocol. A sink sends one batch and reports the
 // outcome class (DESIGN.md "Uplinks"); it never moves a cursor and never retries on its own.
-import type { GridEvent } from '../gateway/event.js'
-
 export interface SinkEvent {
   seq: number
   ingestMs: number
   /** The stored protobuf CloudEvent, without storeid/sequence (added when rendered). */
   body: Uint8Array
-  /** The same event decoded, when the store still had it in memory (store-forward/tail.ts). */
-  event?: GridEvent | undefined
 }
 
 export interface SinkBatch {

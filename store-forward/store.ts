@@ -15,7 +15,6 @@ import {
 import type { DeviceRow } from './protocol.js'
 import { Router } from './route.js'
 import { RecentTail, type TailRow } from './tail.js'
-import type { GridEvent } from '../gateway/event.js'
 
 export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
 export type { RetainedRow, RetainedLoadResult }
@@ -64,7 +63,7 @@ export class StoreFullError extends GridgateError {
   }
 }
 
-interface Pending { item: AppendItem, event: GridEvent | undefined, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
+interface Pending { item: AppendItem, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
 
 /** What the in-memory tail of newest events holds at most (store-forward/tail.ts). */
 const TAIL_LIMITS = { rows: 8192, bytes: 4 * 1024 * 1024 }
@@ -299,10 +298,10 @@ export class Store extends EventEmitter<StoreEvents> {
   }
 
   /** Resolves once the event is committed (or recognised as a duplicate within the dedup window). */
-  append (item: AppendItem, event?: GridEvent): Promise<AppendResult> {
+  append (item: AppendItem): Promise<AppendResult> {
     if (!this._ready) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE'))
     return new Promise((resolve, reject) => {
-      this.queue.push({ item, event, resolve, reject })
+      this.queue.push({ item, resolve, reject })
       this.schedule()
     })
   }
@@ -407,10 +406,7 @@ export class Store extends EventEmitter<StoreEvents> {
           continue
         }
         last = Math.max(last, seq)
-        // A binary payload's bytes are a view into the connection's read buffer: the tail would pin
-        // that whole buffer, so such an event is decoded from its body when rendered instead.
-        const event = p.event?.data?.kind === 'binary' ? undefined : p.event
-        fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes, event })
+        fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes })
         p.resolve({ seq, duplicate: false })
       }
       this.applyState(state)
@@ -455,7 +451,7 @@ export class Store extends EventEmitter<StoreEvents> {
 
   /**
    * readPage for a sink that sends CloudEvents JSON batches: a page from SQLite comes rendered by the
-   * reader thread (json), one from the in-memory tail does not (its events are decoded already).
+   * reader thread (json), one from the in-memory tail does not (the sink renders its bodies).
    */
   async readRenderedPage (slot: number, after: number, limit: number, maxBytes: number): Promise<RenderedPage> {
     const recent = this.readTail(slot, after, limit, maxBytes)

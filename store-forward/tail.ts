@@ -1,24 +1,22 @@
 // The newest committed events, kept in memory after their commit so that forwarders that keep up with
-// live traffic read them from here instead of from SQLite: no reader-thread round trip, no copy of
-// every body across threads, and the event as ingest built it instead of one decoded from protobuf.
+// live traffic read them from here instead of from SQLite: no reader-thread round trip and no copy of
+// every body across threads. Only the stored bytes are kept (sinks render from them): the event object
+// ingest built dies young, before the garbage collector would copy it to the old generation.
 // A forwarder that has fallen further behind than the tail reaches reads from the store as before.
 //
 // The tail answers only for a range it holds completely: every routed row with a sequence in
 // (floor, top] is in it. Anything that appends without going through the group commit (dead-letter
 // replay) resets it, and so does anything that could make it lie.
-import type { GridEvent } from '../gateway/event.js'
 import type { StoredRow } from './protocol.js'
 
 export interface TailRow extends StoredRow {
   routes: number
-  /** The event as ingest built it (the body decoded), for sinks that render it. */
-  event?: GridEvent | undefined
 }
 
 export interface TailLimits {
   /** Rows held at most. */
   rows: number
-  /** Body bytes held at most (the decoded events cost about as much again). */
+  /** Body bytes held at most. */
   bytes: number
 }
 

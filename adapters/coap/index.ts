@@ -19,6 +19,7 @@ import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
 import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
+import { InFlight } from '../../gateway/in-flight.js'
 import { parseMediaType, type DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import type { Presence } from '../../gateway/devices.js'
@@ -111,7 +112,7 @@ export class CoapAdapter implements DeviceAdapter {
   private accepting = false
   private readonly exchanges: LRUCache<string, Exchange>
   private readonly separate = new Map<string, PendingSeparate>()
-  private readonly inflight = new Set<Promise<unknown>>()
+  private readonly inflight = new InFlight()
   private readonly scopes = new Map<string, Uint8Array>()
   /** Datagrams handed to the socket and not yet sent: closing the socket would cancel them. */
   private readonly sending = new Set<Promise<void>>()
@@ -195,7 +196,7 @@ export class CoapAdapter implements DeviceAdapter {
     if (this.socket === null) return
     // Stop accepting; requests whose commit is under way finish and get their response.
     this.accepting = false
-    await Promise.allSettled([...this.inflight])
+    await this.inflight.idle()
     for (const p of this.separate.values()) clearTimeout(p.timer)
     this.separate.clear()
     this.blocks.clear()
@@ -264,8 +265,8 @@ export class CoapAdapter implements DeviceAdapter {
       this.o.log.error({ err }, 'unexpected coap request failure')
       this.respond(req, errorReply('5.00', 'GG_ERR_INTERNAL'))
     })
-    this.inflight.add(p)
-    void p.finally(() => this.inflight.delete(p))
+    this.inflight.begin()
+    void p.finally(() => this.inflight.end())
     if (packet.confirmable) {
       const timer = setTimeout(() => {
         if (exchange.reply !== null) return

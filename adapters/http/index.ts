@@ -14,6 +14,7 @@ import type { Logger } from 'pino'
 import { ErrorCodes, GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord } from '../../gateway/identity.js'
 import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
+import { InFlight } from '../../gateway/in-flight.js'
 import type { DecoderRegistry } from '../../gateway/decoders/index.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { readPem } from '../mqtt/index.js'
@@ -81,7 +82,7 @@ interface Authed { device?: DeviceRecord }
 export class HttpAdapter {
   private app!: FastifyInstance
   private closing: Promise<void> | null = null
-  private readonly inflight = new Set<Promise<unknown>>()
+  private readonly inflight = new InFlight()
   private readonly upgraded = new Set<Duplex>()
 
   constructor (private readonly o: HttpAdapterOptions) {}
@@ -209,12 +210,12 @@ export class HttpAdapter {
       dedupKey: idem === undefined ? undefined : dedupKey(dedupScope('http', device.id), idem),
       dedupCheck: idem !== undefined,
     })
-    this.inflight.add(p)
+    this.inflight.begin()
     try {
       const r = await p
       return await reply.code(202).send({ ids: [r.eventId] })
     } finally {
-      this.inflight.delete(p)
+      this.inflight.end()
     }
   }
 
@@ -229,7 +230,7 @@ export class HttpAdapter {
   async stopAccepting (): Promise<void> {
     if (this.app === undefined) return
     this.closing ??= this.app.close()
-    await Promise.allSettled([...this.inflight])
+    await this.inflight.idle()
   }
 
   /** Closes whatever upgraded connection is left and waits for the listener to close. */

@@ -14,6 +14,7 @@ import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord, type DeviceRegistry } from '../../gateway/identity.js'
 import { dedupKey, dedupScope, type Ingest } from '../../gateway/ingest.js'
+import { InFlight } from '../../gateway/in-flight.js'
 import type { Metrics } from '../../gateway/metrics.js'
 import { BrokerPersistence, type RetainedBackend } from './persistence.js'
 import { GridgateBroker } from './broker.js'
@@ -94,7 +95,7 @@ export class MqttAdapter implements DeviceAdapter {
   private tlsServer: tls.Server | null = null
   private closed = false
   private readonly sessions = new WeakMap<Client, Session>()
-  private readonly inflight = new Set<Promise<unknown>>()
+  private readonly inflight = new InFlight()
   /** Each connection's dedup scope, hashed once (its client id does not change). */
   private readonly scopes = new WeakMap<Client, Uint8Array>()
   private readonly sockets = new Set<Duplex>()
@@ -331,14 +332,18 @@ export class MqttAdapter implements DeviceAdapter {
       fullWaitMs: !v5 && packet.qos > 0 ? (this.o.rejectWaitMs ?? 10_000) : 0,
       abandoned: () => (client as unknown as { closed?: boolean }).closed === true,
     })
-    this.inflight.add(p)
+    this.inflight.begin()
     p.then(() => {
-      this.inflight.delete(p)
       // A retained message is committed after its event: a refused event changes no retained state.
       if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
-      this.retainThenAck(packet, done)
+      // Its write begins before this publish ends: stop() never sees nothing under way in between.
+      try {
+        this.retainThenAck(packet, done)
+      } finally {
+        this.inflight.end()
+      }
     }, (err: unknown) => {
-      this.inflight.delete(p)
+      this.inflight.end()
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
       if (packet.qos === 0 && isGridgateError(err, 'GG_ERR_STORE_FULL')) {
         // QoS 0 has no ack to withhold: the message is dropped (counted), the connection stays.
@@ -361,9 +366,9 @@ export class MqttAdapter implements DeviceAdapter {
   private retainThenAck (packet: PublishPacket, done: (err?: Error | null) => void): void {
     if (!packet.retain) return done()
     const p = this.persistence.persistRetained(packet)
-    this.inflight.add(p)
+    this.inflight.begin()
     p.then((retained) => {
-      this.inflight.delete(p)
+      this.inflight.end()
       if (!retained) {
         // The cap was reached while this message's event committed: delivered, not retained.
         this.retainedRefused()
@@ -371,7 +376,7 @@ export class MqttAdapter implements DeviceAdapter {
       }
       done()
     }, (err: unknown) => {
-      this.inflight.delete(p)
+      this.inflight.end()
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected retained-message write failure')
       done(Object.assign(err as Error, { reasonCode: reasonCodeFor(err) }))
     })
@@ -402,7 +407,7 @@ export class MqttAdapter implements DeviceAdapter {
     const tlsClosed = new Promise<void>((resolve) => { if (this.tlsServer === null) resolve(); else this.tlsServer.close(() => resolve()) })
     // Publishes whose commit is under way finish and are acknowledged before connections close
     // (a retained write starts only after its event committed: wait until nothing is left).
-    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
+    await this.inflight.idle()
     await new Promise<void>((resolve) => this.broker.close(() => resolve()))
     // The broker closes the clients it registered; a connection still authenticating is not one.
     for (const socket of this.sockets) socket.destroy()

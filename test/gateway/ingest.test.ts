@@ -57,3 +57,34 @@ test('a retransmission during its original\'s commit waits for it and gets its o
   assert.deepEqual(await ingest.ingest(publish('{"t":30}', 7, true)), { ...c, duplicate: true })
   assert.equal((await store.stats()).events, 3)
 })
+
+test('a retransmission queued in the same commit as its original is answered with the original', async (t) => {
+  const { store, ingest } = await setup(t)
+  await ingest.ingest(publish('{"warm":1}', 99, false))
+  // Hold a commit so that the original and its retransmission wait together for the next one.
+  store.fault('holdBeforeCommit', 1)
+  const held = ingest.ingest(publish('{"held":1}', 98, false))
+  await waitFor(() => store.faultValue('holding') === 1, 'a commit is held')
+  const first = ingest.ingest(publish('{"t":1}', 5, false))
+  const retry = ingest.ingest(publish('{"t":1}', 5, true))
+  store.fault('holdBeforeCommit', 0)
+  const [, a, b] = await Promise.all([held, first, retry])
+  assert.equal(a.duplicate, false)
+  assert.deepEqual(b, { ...a, duplicate: true })
+  assert.equal((await store.stats()).events, 3)
+})
+
+test('a retransmission whose original\'s commit failed is stored itself', async (t) => {
+  const { store, ingest } = await setup(t)
+  await ingest.ingest(publish('{"warm":1}', 99, false))
+  store.fault('failCommits', 1)
+  store.fault('holdBeforeCommit', 1)
+  const first = ingest.ingest(publish('{"t":2}', 6, false))
+  await waitFor(() => store.faultValue('holding') === 1, 'the original\'s commit is held')
+  const retry = ingest.ingest(publish('{"t":2}', 6, true))
+  store.fault('holdBeforeCommit', 0)
+  await assert.rejects(first, (err: Error & { code?: string }) => err.code !== undefined)
+  const r = await retry
+  assert.equal(r.duplicate, false, 'nothing was stored under the key before the retransmission')
+  assert.equal((await store.stats()).events, 2)
+})
