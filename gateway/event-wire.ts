@@ -44,6 +44,11 @@ const RENDERED = new Set([...RESERVED, 'storeid', 'sequence'])
 export function toTimestamp (time: string): Timestamp {
   const ms = Date.parse(time)
   if (Number.isNaN(ms)) throw new TypeError(`event time is not RFC 3339: ${JSON.stringify(time)}`)
+  return timestampOfMs(ms)
+}
+
+/** A time in milliseconds since the epoch as a protobuf Timestamp. */
+export function timestampOfMs (ms: number): Timestamp {
   const seconds = Math.floor(ms / 1000)
   return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 }
 }

@@ -7,7 +7,7 @@ import protobuf from 'protobufjs'
 import { protoSource } from './proto/index.js'
 import {
   ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, formatSequence, fromTimestamp, renderJsonBatchWith,
-  setAttribute, toTimestamp,
+  setAttribute, timestampOfMs, toTimestamp,
   type GridEvent, type Timestamp,
 } from './event-wire.js'
 
@@ -84,8 +84,11 @@ function attributeString (v: AttributeValue): string | undefined {
 const validNames = new Set<string>()
 const MAX_VALID_NAMES = 256
 
-/** Encode as io.cloudevents.v1.CloudEvent: time as ce_timestamp, subject, datacontenttype and extensions as ce_string. */
-export function encodeEvent (ev: GridEvent): Uint8Array {
+/**
+ * Encode as io.cloudevents.v1.CloudEvent: time as ce_timestamp, subject, datacontenttype and extensions
+ * as ce_string. `timeMs`, when the caller has it, is ev.time in milliseconds (spares parsing the text).
+ */
+export function encodeEvent (ev: GridEvent, timeMs?: number): Uint8Array {
   if (ev.id === '' || ev.source === '' || ev.type === '') throw new TypeError('an event needs id, source and type')
   for (const name in ev.extensions) {
     if (validNames.has(name)) continue
@@ -94,7 +97,7 @@ export function encodeEvent (ev: GridEvent): Uint8Array {
     }
     if (validNames.size < MAX_VALID_NAMES) validNames.add(name)
   }
-  const ts = toTimestamp(ev.time)
+  const ts = timeMs === undefined ? toTimestamp(ev.time) : timestampOfMs(timeMs)
   // Times before 1970 need int64's ten-byte negative varints: rare enough for the general encoder.
   if (typeof ts.seconds !== 'number' || ts.seconds < 0 || !Number.isSafeInteger(ts.seconds)) return encodeEventReference(ev)
   return encodeDirect(ev, ts.seconds, ts.nanos)

@@ -134,7 +134,8 @@ export class Ingest {
     const item: AppendItem = {
       ingestMs: nowMs,
       routes: this.o.store.route(event.type, event.subject ?? msg.topic),
-      body: encodeEvent(event),
+      // The time in ms as the event's time text has it (Date truncates), so it need not be parsed back.
+      body: encodeEvent(event, Math.trunc(nowMs)),
       eventId: event.id,
       dedupKey: msg.dedupKey,
       dedupCheck: msg.dedupKey === undefined ? undefined : msg.dedupCheck === true,

@@ -1,5 +1,6 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
+import { parse as uuidParse, v7 as uuidv7 } from 'uuid'
 import { Clock, IdGenerator } from '../../gateway/clock.js'
 
 const UUID_V7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -65,6 +66,18 @@ test('100k ids are UUIDv7 and strictly increasing as strings', () => {
     prev = id
   }
   assert.match(prev, UUID_V7)
+})
+
+test('an id is the text uuid makes of its time stamp, counter and random bits', () => {
+  const msecs = FLOOR + 123
+  let seeds = 0
+  const ids = new IdGenerator(new Clock({ floorMs: FLOOR, wall: () => msecs }), { seed: () => 0x1234_5678 + seeds++ })
+  for (let i = 0; i < 1000; i++) {
+    const id = ids.next(msecs)
+    // Same millisecond: the counter starts at the first seed and counts up.
+    const expected = uuidv7({ msecs, seq: 0x1234_5678 + i, random: uuidParse(id) })
+    assert.equal(id, expected)
+  }
 })
 
 test('ids stay increasing within one millisecond and across a clock step back', () => {
