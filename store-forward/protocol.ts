@@ -3,7 +3,7 @@
 
 import { hash } from 'node:crypto'
 
-export const SCHEMA_VERSION = 3
+export const SCHEMA_VERSION = 4
 
 const FINGERPRINT_BYTES = 8
 

@@ -41,10 +41,12 @@ const faults = init.faults === null ? null : new Int32Array(init.faults)
  */
 const DELETE_CHUNK = 4_096
 /**
- * Expired dedup keys deleted per commit beyond twice the keys it adds, so pruning keeps pace with
- * any ingest rate while no single commit does a large delete.
+ * Dedup keys a commit looks at for expired ones beyond twice the keys it adds: the sweep passes
+ * every key faster than new keys arrive, while no single commit reads or deletes many.
  */
-const DEDUP_PRUNE_SLACK = 256
+const DEDUP_SWEEP_SLACK = 256
+/** Below every dedup key (a zero-length blob sorts first). */
+const NO_KEY = Buffer.alloc(0)
 /**
  * The clock floor is written at most this often (ms): it only has to keep a clock-less box from
  * starting far in the past, and writing it with every commit would add a page to every commit (flash wear).
@@ -94,7 +96,6 @@ CREATE TABLE dedup (
   event_id TEXT NOT NULL,
   at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX dedup_at ON dedup (at_ms);
 CREATE TABLE dead_letters (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   uplink TEXT NOT NULL,
@@ -137,6 +138,11 @@ CREATE TABLE devices (
   // payload's fingerprint is kept beside it to tell a retransmission from a new message.
   `
 ALTER TABLE dedup ADD COLUMN fp BLOB;
+`,
+  // 3 → 4: no index on the dedup keys' age. Keeping it cost every event an index entry written and
+  // later deleted; expired keys are now found by sweeping the keys in order (Writer.sweepDedup).
+  `
+DROP INDEX IF EXISTS dedup_at;
 `,
 ]
 
@@ -216,6 +222,8 @@ class Writer {
   private maxPageCount = 0
   private pageSize = 4096
   private persistedFloor = 0
+  /** The last dedup key the sweep for expired keys looked at; null: it starts again at the first key. */
+  private dedupSweptTo: Uint8Array | null = null
   /** Row counts, counted once at open and then kept in step with every committed transaction. */
   private rows = 0
   private deadLetterRows = 0
@@ -313,7 +321,8 @@ class Writer {
       insertedSeq: db.prepare('SELECT last_insert_rowid()').pluck(),
       dedupGet: db.prepare('SELECT seq, event_id AS eventId, fp FROM dedup WHERE key = ? AND at_ms >= ?'),
       dedupPut: db.prepare('INSERT OR REPLACE INTO dedup (key, seq, event_id, at_ms, fp) VALUES (?, ?, ?, ?, ?)'),
-      dedupPrune: db.prepare('DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE at_ms < ? ORDER BY at_ms LIMIT ?)'),
+      dedupSweepEnd: db.prepare('SELECT max(key) FROM (SELECT key FROM dedup WHERE key > ? ORDER BY key LIMIT ?)').pluck(),
+      dedupSweep: db.prepare('DELETE FROM dedup WHERE key > ? AND key <= ? AND at_ms < ?'),
       setCursor: db.prepare('UPDATE uplinks SET cursor = ? WHERE slot = ? AND cursor < ?'),
       deleteRange: db.prepare('DELETE FROM events WHERE seq > ? AND seq <= ? AND (routes & ?) = 0'),
       deleteUpTo: db.prepare('DELETE FROM events WHERE seq <= ?'),
@@ -459,8 +468,7 @@ class Writer {
       }
       if (retained.length > 0) this.writeRetained(retained)
       this.enforceLagBytes()
-      // An index seek on dedup_at: next to nothing when no key has expired.
-      s.dedupPrune.run(windowStart, 2 * appends.length + DEDUP_PRUNE_SLACK)
+      this.sweepDedup(windowStart, 2 * appends.length + DEDUP_SWEEP_SLACK)
       const floorDue = floorMs - this.persistedFloor >= FLOOR_PERSIST_INTERVAL
       if (floorDue) s.setFloor.run(String(floorMs), floorMs)
       this.faultsBeforeCommit()
@@ -505,6 +513,24 @@ class Writer {
     } finally {
       this.saved = null
     }
+  }
+
+  /**
+   * Deletes the expired keys among the next `limit` dedup keys after the last one looked at, in key
+   * order, starting again at the first key after the last. Expired keys never match anyway (lookups
+   * check the time); this keeps the table from holding keys of senders that went away. Every key is
+   * looked at once per pass, and a pass takes table size / limit commits.
+   */
+  private sweepDedup (cutoff: number, limit: number): void {
+    const s = this.stmts
+    const from = this.dedupSweptTo ?? NO_KEY
+    const to = s.dedupSweepEnd.get(from, limit) as Uint8Array | null
+    if (to === null) {
+      this.dedupSweptTo = null
+      return
+    }
+    s.dedupSweep.run(from, to, cutoff)
+    this.dedupSweptTo = to
   }
 
   /** The disk (or max_page_count) is full: free the reserve so deletes and checkpoints still run. */

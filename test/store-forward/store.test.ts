@@ -295,6 +295,7 @@ test('expired dedup keys are pruned as fast as new ones arrive', async (t) => {
   t.after(() => db.close())
   const expired = db.prepare('SELECT count(*) FROM dedup WHERE at_ms < ?').pluck().get(now - 1000) as number
   assert.equal(expired, 0, 'every expired key is gone')
+  assert.equal(db.prepare('SELECT count(*) FROM dedup').pluck().get(), 5000, 'the keys still in the window are kept')
 })
 
 test('under steady commits the routine checkpoint rewinds the WAL, so its file stays at one round of commits', async (t) => {
@@ -369,7 +370,7 @@ test('a version 1 store is migrated to the current schema in place, its events k
   await s1.close()
   // Make it look like a store written before the migration.
   const db = new Database(path.join(dir, 'gridgate.db'))
-  db.exec('DROP TABLE retained; DROP TABLE devices; ALTER TABLE dedup DROP COLUMN fp')
+  db.exec('DROP TABLE retained; DROP TABLE devices; ALTER TABLE dedup DROP COLUMN fp; CREATE INDEX dedup_at ON dedup (at_ms)')
   db.pragma('user_version = 1')
   db.close()
   const s2 = await open(t, dir)
@@ -380,6 +381,7 @@ test('a version 1 store is migrated to the current schema in place, its events k
   t.after(() => check.close())
   assert.equal(check.pragma('user_version', { simple: true }), SCHEMA_VERSION)
   assert.deepEqual(check.prepare("SELECT name FROM sqlite_master WHERE name IN ('retained', 'devices') ORDER BY name").pluck().all(), ['devices', 'retained'])
+  assert.deepEqual(check.prepare("SELECT name FROM sqlite_master WHERE name = 'dedup_at'").pluck().all(), [], 'the dedup age index is dropped (version 4)')
 })
 
 test('a page read from SQLite comes rendered by the reader thread, exactly as the main thread renders it', async (t) => {
