@@ -117,29 +117,49 @@ function utf8Length (s: string): number {
 /** A length-delimited field's size: tag, length, payload. */
 const fieldSize = (len: number): number => 1 + varintSize(len) + len
 
+// encodeDirect's scratch space, reused by every call (one runs at a time): an event's attributes and
+// their measured lengths. Entries past the current event's count are left over from earlier ones.
+const attrNames: string[] = []
+const attrValues: string[] = []
+const attrStrLens: number[] = []
+const attrValueLens: number[] = []
+const attrEntryLens: number[] = []
+
+/** A length-delimited string field at `at`; returns the position after it. */
+function writeString (buf: Buffer, at: number, tag: number, s: string, len: number): number {
+  buf[at++] = tag
+  at = writeVarint(buf, at, len)
+  if (len === s.length && len <= SHORT_STRING) {
+    // ASCII: one byte per unit.
+    for (let i = 0; i < len; i++) buf[at + i] = s.charCodeAt(i)
+    return at + len
+  }
+  return at + buf.write(s, at, len, 'utf8')
+}
+
 export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Uint8Array {
   // Attribute values in protobufjs' order (the object's insertion order): time, subject,
   // datacontenttype, then the extensions. Strings' UTF-8 lengths are measured once.
-  const names: string[] = ['time']
-  const values: string[] = ['']
-  if (ev.subject !== '') { names.push('subject'); values.push(ev.subject) }
-  if (ev.datacontenttype !== undefined) { names.push('datacontenttype'); values.push(ev.datacontenttype) }
-  for (const name in ev.extensions) { names.push(name); values.push(ev.extensions[name] as string) }
-  const entryLens = new Array<number>(names.length)
-  const valueLens = new Array<number>(names.length)
-  const strLens = new Array<number>(names.length)
+  const names = attrNames
+  const values = attrValues
+  let count = 0
+  names[count] = 'time'; values[count++] = ''
+  if (ev.subject !== '') { names[count] = 'subject'; values[count++] = ev.subject }
+  if (ev.datacontenttype !== undefined) { names[count] = 'datacontenttype'; values[count++] = ev.datacontenttype }
+  for (const name in ev.extensions) { names[count] = name; values[count++] = ev.extensions[name] as string }
   // protobufjs leaves out a Timestamp's zero fields.
   const timestampLen = (seconds === 0 ? 0 : 1 + varintSize(seconds)) + (nanos === 0 ? 0 : 1 + varintSize(nanos))
   const idLen = utf8Length(ev.id)
   const sourceLen = utf8Length(ev.source)
   const typeLen = utf8Length(ev.type)
   let size = fieldSize(idLen) + fieldSize(sourceLen) + fieldSize(SPEC_VERSION.length) + fieldSize(typeLen)
-  for (let i = 0; i < names.length; i++) {
-    strLens[i] = i === 0 ? 0 : utf8Length(values[i]!)
-    const valueLen = i === 0 ? fieldSize(timestampLen) : fieldSize(strLens[i]!)
-    valueLens[i] = valueLen
+  for (let i = 0; i < count; i++) {
+    const strLen = i === 0 ? 0 : utf8Length(values[i]!)
+    attrStrLens[i] = strLen
+    const valueLen = i === 0 ? fieldSize(timestampLen) : fieldSize(strLen)
+    attrValueLens[i] = valueLen
     const entryLen = fieldSize(names[i]!.length) + fieldSize(valueLen)
-    entryLens[i] = entryLen
+    attrEntryLens[i] = entryLen
     size += fieldSize(entryLen)
   }
   const data = ev.data
@@ -149,28 +169,16 @@ export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Ui
     size += fieldSize(dataLen)
   }
   const buf = Buffer.allocUnsafe(size)
-  let at = 0
-  const str = (tag: number, s: string, len: number): void => {
-    buf[at++] = tag
-    at = writeVarint(buf, at, len)
-    if (len === s.length && len <= SHORT_STRING) {
-      // ASCII: one byte per unit.
-      for (let i = 0; i < len; i++) buf[at + i] = s.charCodeAt(i)
-      at += len
-    } else {
-      at += buf.write(s, at, len, 'utf8')
-    }
-  }
-  str(TAG_ID, ev.id, idLen)
-  str(TAG_SOURCE, ev.source, sourceLen)
-  str(TAG_SPEC_VERSION, SPEC_VERSION, SPEC_VERSION.length)
-  str(TAG_TYPE, ev.type, typeLen)
-  for (let i = 0; i < names.length; i++) {
+  let at = writeString(buf, 0, TAG_ID, ev.id, idLen)
+  at = writeString(buf, at, TAG_SOURCE, ev.source, sourceLen)
+  at = writeString(buf, at, TAG_SPEC_VERSION, SPEC_VERSION, SPEC_VERSION.length)
+  at = writeString(buf, at, TAG_TYPE, ev.type, typeLen)
+  for (let i = 0; i < count; i++) {
     buf[at++] = TAG_ATTRIBUTE
-    at = writeVarint(buf, at, entryLens[i]!)
-    str(TAG_ENTRY_KEY, names[i]!, names[i]!.length)
+    at = writeVarint(buf, at, attrEntryLens[i]!)
+    at = writeString(buf, at, TAG_ENTRY_KEY, names[i]!, names[i]!.length)
     buf[at++] = TAG_ENTRY_VALUE
-    at = writeVarint(buf, at, valueLens[i]!)
+    at = writeVarint(buf, at, attrValueLens[i]!)
     if (i === 0) {
       buf[at++] = TAG_CE_TIMESTAMP
       at = writeVarint(buf, at, timestampLen)
@@ -183,7 +191,7 @@ export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Ui
         at = writeVarint(buf, at, nanos)
       }
     } else {
-      str(TAG_CE_STRING, values[i]!, strLens[i]!)
+      at = writeString(buf, at, TAG_CE_STRING, values[i]!, attrStrLens[i]!)
     }
   }
   if (data !== undefined) {
@@ -193,7 +201,7 @@ export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Ui
       buf.set(data.bytes, at)
       at += dataLen
     } else {
-      str(TAG_TEXT_DATA, data.text, dataLen)
+      at = writeString(buf, at, TAG_TEXT_DATA, data.text, dataLen)
     }
   }
   if (at !== size) throw new Error(`event encoder wrote ${at} of ${size} bytes`)
