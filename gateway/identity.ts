@@ -244,10 +244,15 @@ interface Acl {
   subscribeAllow: string[][]
   subscribeDeny: string[][]
   invalid: string[]
+  /** canPublish's answers for the topics this device published to last (a device uses few). */
+  published: Map<string, boolean>
 }
 
+/** Topics whose canPublish answer an ACL remembers; all are forgotten when one more comes. */
+const PUBLISH_MEMO = 16
+
 function compileAcl (device: DeviceRecord): Acl {
-  const acl: Acl = { publishAllow: [], publishDeny: [], subscribeAllow: [], subscribeDeny: [], invalid: [] }
+  const acl: Acl = { publishAllow: [], publishDeny: [], subscribeAllow: [], subscribeDeny: [], invalid: [], published: new Map() }
   const add = (patterns: readonly string[], allow: string[][], deny: string[][]): void => {
     for (const raw of patterns) {
       const negated = raw.startsWith('!')
@@ -411,10 +416,20 @@ export class DeviceRegistry {
 
   /** Whether the device may publish to `topic`: some publish pattern matches and no '!' pattern does; never '$' topics. */
   canPublish (device: DeviceRecord, topic: string): boolean {
-    if (!device.enabled || !isValidTopic(topic) || topic.startsWith('$')) return false
+    if (!device.enabled) return false
+    // Remembered per compiled ACL, which a changed device record replaces: the answer depends on
+    // nothing else but the topic.
     const acl = this.#acl(device)
-    const levels = topic.split('/')
-    return acl.publishAllow.some(f => matchLevels(f, levels)) && !acl.publishDeny.some(f => matchLevels(f, levels))
+    const known = acl.published.get(topic)
+    if (known !== undefined) return known
+    let allowed = isValidTopic(topic) && !topic.startsWith('$')
+    if (allowed) {
+      const levels = topic.split('/')
+      allowed = acl.publishAllow.some(f => matchLevels(f, levels)) && !acl.publishDeny.some(f => matchLevels(f, levels))
+    }
+    if (acl.published.size >= PUBLISH_MEMO) acl.published.clear()
+    acl.published.set(topic, allowed)
+    return allowed
   }
 
   /** Whether the device may subscribe to `filter`: it lies within one subscribe pattern and overlaps no '!' pattern. */

@@ -229,6 +229,28 @@ test('{id} expands to the device id, so the defaults hold for every device', () 
   assert.equal(reg.canSubscribe(d1, '#'), false)
 })
 
+test('publish answers stay right when remembered: per device, past the memo\'s size, and after the device changes', () => {
+  const reg = new DeviceRegistry([device('d1'), device('d2')])
+  const d1 = reg.get('d1') as DeviceRecord
+  const d2 = reg.get('d2') as DeviceRecord
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 40; i++) {
+      assert.equal(reg.canPublish(d1, `devices/d1/t${i}`), true)
+      assert.equal(reg.canPublish(d2, `devices/d1/t${i}`), false, 'd1\'s answer is not d2\'s')
+      assert.equal(reg.canPublish(d1, `devices/d1/commands/c${i}`), false)
+    }
+  }
+  assert.equal(reg.canPublish(d1, '$SYS/x'), false)
+  assert.equal(reg.canPublish(d1, 'devices/d1/+'), false, 'not a topic name')
+  // A changed record (gridgate device ...) brings its own patterns; a disabled device may publish nothing.
+  reg.set(device('d1', { publish: ['other/{id}/#'] }))
+  const changed = reg.get('d1') as DeviceRecord
+  assert.equal(reg.canPublish(changed, 'devices/d1/t1'), false)
+  assert.equal(reg.canPublish(changed, 'other/d1/t1'), true)
+  reg.set(device('d1', { enabled: false }))
+  assert.equal(reg.canPublish(reg.get('d1') as DeviceRecord, 'devices/d1/t1'), false)
+})
+
 test('the default publish patterns exclude the device\'s own command topics', () => {
   const reg = new DeviceRegistry([device('d1')])
   const d1 = reg.get('d1') as DeviceRecord
