@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import {
-  payloadFingerprint,
+  payloadFingerprint, sameFingerprint,
   SCHEMA_VERSION, FaultSlot, unpackAppends,
   type WorkerInit, type Envelope, type Reply, type Request, type AppendItem,
   type AckItem, type DeadLetterItem, type InitResult, type UplinkInit, type UplinkState, type StoredRow,
@@ -145,12 +145,6 @@ ALTER TABLE dedup ADD COLUMN fp BLOB;
 DROP INDEX IF EXISTS dedup_at;
 `,
 ]
-
-/** A stored entry's payload fingerprint against a retry's (none on either side = keys alone decide). */
-function sameFingerprint (stored: Uint8Array | null, retry: Uint8Array | undefined): boolean {
-  if (stored === null || retry === undefined) return stored === null && retry === undefined
-  return Buffer.compare(stored, retry) === 0
-}
 
 function sqliteCode (err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined
@@ -439,7 +433,7 @@ class Writer {
         const fp = a.dedupFp ?? (a.dedupKey !== undefined && a.dedupPayload !== undefined ? payloadFingerprint(a.dedupPayload) : undefined)
         if (a.dedupKey !== undefined && a.dedupCheck === true) {
           const hit = s.dedupGet.get(a.dedupKey, windowStart) as { seq: number, eventId: string, fp: Uint8Array | null } | undefined
-          if (hit !== undefined && sameFingerprint(hit.fp, fp)) {
+          if (hit !== undefined && sameFingerprint(hit.fp, fp, a.dedupPayload)) {
             seqs[i] = hit.seq
             duplicates.push([i, hit.eventId])
             continue

@@ -5,7 +5,8 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import { pino } from 'pino'
 import { Store, STORE_FILE, type StoreOptions } from '../../store-forward/store.js'
-import { SCHEMA_VERSION, packAppends, payloadFingerprint, unpackAppends } from '../../store-forward/protocol.js'
+import { SCHEMA_VERSION, murmur3, packAppends, payloadFingerprint, unpackAppends } from '../../store-forward/protocol.js'
+import { createHash } from 'node:crypto'
 import { isGridgateError } from '../../gateway/errors.js'
 import protobuf from 'protobufjs'
 import { encodeEvent, renderJsonBatch, type GridEvent } from '../../gateway/event.js'
@@ -113,6 +114,38 @@ test('a dedup key answers a retransmission with the original outcome, also after
   const third = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('x'), eventId: 'id-3', dedupKey: key, dedupCheck: true })
   assert.equal(third.duplicate, true)
   assert.equal((await s2.stats()).events, 1)
+})
+
+test('murmur3 is MurmurHash3 x86_32 (SMHasher\'s reference values)', () => {
+  const text = (s: string): Uint8Array => new TextEncoder().encode(s)
+  assert.equal(murmur3(text(''), 0), 0)
+  assert.equal(murmur3(text(''), 1), 0x514e28b7)
+  assert.equal(murmur3(text(''), 0xffffffff), 0x81f16f39)
+  assert.equal(murmur3(new Uint8Array(4), 0), 0x2362f9de)
+  assert.equal(murmur3(text('Hello, world!'), 1234), 0xfaf6cdb3)
+  assert.equal(murmur3(text('The quick brown fox jumps over the lazy dog'), 0), 0x2e4ff723)
+  // Every tail length (0-3 bytes after the last whole word) changes the hash.
+  const seen = new Set(Array.from({ length: 8 }, (_, n) => murmur3(new Uint8Array(n).fill(1), 0)))
+  assert.equal(seen.size, 8)
+})
+
+test('an entry fingerprinted by an earlier version (SHA-256) still answers its retransmission', async (t) => {
+  const dir = tempDir(t)
+  const key = new Uint8Array(12).fill(9)
+  const payload = new TextEncoder().encode('{"t":19.5}')
+  const s1 = await open(t, dir)
+  const first = await s1.append({ ingestMs: Date.now(), routes: s1.routesAll, body: body('a'), eventId: 'id-1', dedupKey: key, dedupPayload: payload })
+  await s1.close()
+  // As a store written before the fingerprint changed has it: the first 8 bytes of SHA-256.
+  const db = new Database(path.join(dir, STORE_FILE))
+  db.prepare('UPDATE dedup SET fp = ? WHERE key = ?').run(createHash('sha256').update(payload).digest().subarray(0, 8), key)
+  db.close()
+  const s2 = await open(t, dir)
+  const retry = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('a'), eventId: 'id-2', dedupKey: key, dedupPayload: Uint8Array.from(payload), dedupCheck: true })
+  assert.deepEqual(retry, { seq: first.seq, duplicate: true, eventId: 'id-1' })
+  const other = await s2.append({ ingestMs: Date.now(), routes: s2.routesAll, body: body('b'), eventId: 'id-3', dedupKey: key, dedupPayload: new TextEncoder().encode('{"t":20}'), dedupCheck: true })
+  assert.equal(other.duplicate, false)
+  assert.equal((await s2.stats()).events, 2)
 })
 
 test('a reused dedup key with another fingerprint is a new event and replaces the entry; the same fingerprint is a retransmission', async (t) => {
