@@ -530,15 +530,27 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
 export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Buffer | null {
-  const storeIdJson = Buffer.from(quote(storeId), 'utf8')
-  return writeJsonArray(events, (out, e) => {
-    const body = Buffer.isBuffer(e.body) ? e.body : Buffer.from(e.body.buffer, e.body.byteOffset, e.body.byteLength)
-    if (transcodeJson(out, body, storeIdJson, e.seq)) return true
-    const ev = decodeDirect(body)
-    if (ev === null) return false
-    writeJson(out, ev, storeId, e.seq)
-    return true
-  })
+  const storeIdJson = jsonStoreId(storeId)
+  return writeJsonArray(events, (out, e) => writeStoredJson(out, e.body, storeIdJson, storeId, e.seq, decodeDirect))
+}
+
+/** The store id as the JSON string transcodeJson and writeStoredJson take. */
+export function jsonStoreId (storeId: string): Buffer {
+  return Buffer.from(quote(storeId), 'utf8')
+}
+
+/**
+ * One stored event appended to `out` as writeJson renders it: transcoded straight from its bytes, or,
+ * for a shape the transcoder leaves, decoded by `decode` first. False (and `out` as it was) when
+ * `decode` gives null.
+ */
+export function writeStoredJson (out: JsonOut, body: Uint8Array, storeIdJson: Buffer, storeId: string, sequence: number, decode: (body: Uint8Array) => GridEvent | null): boolean {
+  const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength)
+  if (transcodeJson(out, bytes, storeIdJson, sequence)) return true
+  const ev = decode(bytes)
+  if (ev === null) return false
+  writeJson(out, ev, storeId, sequence)
+  return true
 }
 
 // ---- protobuf to JSON without decoding ------------------------------------------------------------

@@ -12,7 +12,7 @@ import {
 } from './event-wire.js'
 
 export {
-  SPEC_VERSION, JSON_BYTES_PER_EVENT, JsonOut, decodeDirect, formatSequence, renderJson, renderJsonBatchDirect, transcodeJson, writeJson,
+  SPEC_VERSION, JSON_BYTES_PER_EVENT, JsonOut, decodeDirect, formatSequence, jsonStoreId, renderJson, renderJsonBatchDirect, writeJson, writeStoredJson,
   type EventData, type GridEvent,
 } from './event-wire.js'
 

@@ -5,7 +5,7 @@
 import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
 import { Agent, request, type Dispatcher } from 'undici'
-import { decodeEvent, JsonOut, JSON_BYTES_PER_EVENT, transcodeJson, writeJson } from '../../gateway/event.js'
+import { decodeEvent, jsonStoreId, JsonOut, JSON_BYTES_PER_EVENT, writeStoredJson } from '../../gateway/event.js'
 import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
 
 const gzip = promisify(gzipCallback)
@@ -110,13 +110,12 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
     } else {
       // renderJsonBatch's output as bytes, written in slices so device traffic is served in between.
       const out = new JsonOut(JSON_BYTES_PER_EVENT * batch.events.length + 2)
-      const storeIdJson = Buffer.from(JSON.stringify(batch.storeId), 'utf8')
+      const storeIdJson = jsonStoreId(batch.storeId)
       out.byte(0x5b)
       await inSlices(batch.events, (e, i) => {
         if (i > 0) out.byte(0x2c)
-        // The stored bytes transcoded as they are; a shape the transcoder leaves is decoded first.
-        const body = Buffer.from(e.body.buffer, e.body.byteOffset, e.body.byteLength)
-        if (!transcodeJson(out, body, storeIdJson, e.seq)) writeJson(out, decodeEvent(e.body), batch.storeId, e.seq)
+        // decodeEvent (protobufjs) takes every shape, so this never gives up.
+        writeStoredJson(out, e.body, storeIdJson, batch.storeId, e.seq, decodeEvent)
       })
       out.byte(0x5d)
       json = out.bytes()

@@ -6,7 +6,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { pino } from 'pino'
 import { Store } from '../../store-forward/store.js'
-import { Ingest, dedupKey, dedupScope, type IngestMessage } from '../../gateway/ingest.js'
+import { Ingest, dedupKey, dedupScope, type IngestMessage, type IngestResult } from '../../gateway/ingest.js'
 import { defaultDecoders } from '../../gateway/decoders/index.js'
 import { Clock, IdGenerator } from '../../gateway/clock.js'
 import { Metrics } from '../../gateway/metrics.js'
@@ -35,13 +35,23 @@ function publish (payload: string, packetId: number, dup: boolean): IngestMessag
   }
 }
 
+/**
+ * After an uncontended first commit, ingests `msg` with the next commit held before COMMIT (and made
+ * to fail when `fail`), so that what is ingested meanwhile waits for the commit after it. Release
+ * with store.fault('holdBeforeCommit', 0). Wrapped: a promise returned from here would be awaited.
+ */
+async function ingestHeld (store: Store, ingest: Ingest, msg: IngestMessage, fail = false): Promise<{ held: Promise<IngestResult> }> {
+  await ingest.ingest(publish('{"warm":1}', 99, false))
+  if (fail) store.fault('failCommits', 1)
+  store.fault('holdBeforeCommit', 1)
+  const held = ingest.ingest(msg)
+  await waitFor(() => store.faultValue('holding') === 1, 'the commit is held')
+  return { held }
+}
+
 test('a retransmission during its original\'s commit waits for it and gets its outcome; another payload under the key is a new event', async (t) => {
   const { store, ingest } = await setup(t)
-  // An uncontended first commit, so the next one is the one held.
-  await ingest.ingest(publish('{"warm":1}', 99, false))
-  store.fault('holdBeforeCommit', 1)
-  const first = ingest.ingest(publish('{"t":21.5}', 7, false))
-  await waitFor(() => store.faultValue('holding') === 1, 'the first commit is held')
+  const { held: first } = await ingestHeld(store, ingest, publish('{"t":21.5}', 7, false))
   // Same packet id, same payload, DUP=1: the device missed nothing yet, but resends.
   const retry = ingest.ingest(publish('{"t":21.5}', 7, true))
   // Same packet id, another payload (a device that reuses the id without waiting): not a retransmission.
@@ -60,11 +70,8 @@ test('a retransmission during its original\'s commit waits for it and gets its o
 
 test('a retransmission queued in the same commit as its original is answered with the original', async (t) => {
   const { store, ingest } = await setup(t)
-  await ingest.ingest(publish('{"warm":1}', 99, false))
   // Hold a commit so that the original and its retransmission wait together for the next one.
-  store.fault('holdBeforeCommit', 1)
-  const held = ingest.ingest(publish('{"held":1}', 98, false))
-  await waitFor(() => store.faultValue('holding') === 1, 'a commit is held')
+  const { held } = await ingestHeld(store, ingest, publish('{"held":1}', 98, false))
   const first = ingest.ingest(publish('{"t":1}', 5, false))
   const retry = ingest.ingest(publish('{"t":1}', 5, true))
   store.fault('holdBeforeCommit', 0)
@@ -76,11 +83,7 @@ test('a retransmission queued in the same commit as its original is answered wit
 
 test('a retransmission whose original\'s commit failed is stored itself', async (t) => {
   const { store, ingest } = await setup(t)
-  await ingest.ingest(publish('{"warm":1}', 99, false))
-  store.fault('failCommits', 1)
-  store.fault('holdBeforeCommit', 1)
-  const first = ingest.ingest(publish('{"t":2}', 6, false))
-  await waitFor(() => store.faultValue('holding') === 1, 'the original\'s commit is held')
+  const { held: first } = await ingestHeld(store, ingest, publish('{"t":2}', 6, false), true)
   const retry = ingest.ingest(publish('{"t":2}', 6, true))
   store.fault('holdBeforeCommit', 0)
   await assert.rejects(first, (err: Error & { code?: string }) => err.code !== undefined)
