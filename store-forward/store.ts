@@ -117,6 +117,8 @@ export class Store extends EventEmitter<StoreEvents> {
   private committing = false
   private delayTimer: NodeJS.Timeout | null = null
   private ackTimer: NodeJS.Timeout | null = null
+  /** Cursor moves waiting alone may start a commit (ACK_COMMIT_DELAY_MS passed, or the store closes). */
+  private acksDue = false
   private restarts: number[] = []
   private closing = false
   private _ready = false
@@ -323,7 +325,7 @@ export class Store extends EventEmitter<StoreEvents> {
     return new Promise((resolve, reject) => {
       this.ackWaiters.push({ resolve, reject })
       if (this.ackTimer === null) {
-        this.ackTimer = setTimeout(() => { this.ackTimer = null; this.schedule() }, ACK_COMMIT_DELAY_MS)
+        this.ackTimer = setTimeout(() => { this.ackTimer = null; this.acksDue = true; this.schedule() }, ACK_COMMIT_DELAY_MS)
       }
     })
   }
@@ -357,7 +359,11 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Group commit: a commit starts as soon as the previous one ended and work is waiting. */
   private flush (): void {
     if (this.committing || !this.writer.alive || !this._ready) return
-    if (this.queue.length === 0 && this.acks.length === 0 && this.deadLetters.length === 0 && this.retainedQueue.length === 0) {
+    if (this.queue.length === 0 && this.deadLetters.length === 0 && this.retainedQueue.length === 0 && (this.acks.length === 0 || !this.acksDue)) {
+      // Cursor moves alone wait for the next commit of devices' messages, or ACK_COMMIT_DELAY_MS: a
+      // commit of nothing but cursors costs the writer an fsync while devices' messages queue behind it
+      // (measured at saturation: over a quarter of all commits, right after each full-window batch).
+      if (this.acks.length > 0) return
       // Nothing left to commit: whoever waits for "the next commit" (close) is done waiting.
       const waiters = this.ackWaiters
       this.ackWaiters = []
@@ -367,6 +373,7 @@ export class Store extends EventEmitter<StoreEvents> {
     const batch = this.queue.length > MAX_APPENDS_PER_COMMIT ? this.queue.splice(0, MAX_APPENDS_PER_COMMIT) : this.queue
     if (batch === this.queue) this.queue = []
     const acks = this.acks
+    this.acksDue = false
     const deadLetters = this.deadLetters
     const waiters = this.ackWaiters
     const retained = this.retainedQueue
@@ -427,6 +434,7 @@ export class Store extends EventEmitter<StoreEvents> {
       // Cursor moves and dead letters are not the devices' data: keep them for the next commit.
       if (writer.alive) {
         this.acks.unshift(...acks)
+        this.acksDue = true
         this.deadLetters.unshift(...deadLetters)
         this.ackWaiters.unshift(...waiters)
         this.opts.log.warn({ code: wrapped.code, err: err.message }, 'store commit failed; its events were not acknowledged')
@@ -585,6 +593,7 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Waits for queued work to commit, then closes both connections (marking the stop clean). */
   async close (): Promise<void> {
     if (this.closing) return
+    this.acksDue = true
     while (this.committing || this.queue.length > 0 || this.acks.length > 0 || this.retainedQueue.length > 0) {
       if (!this.writer.alive) break
       await new Promise<void>((resolve) => {
