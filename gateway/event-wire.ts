@@ -137,6 +137,48 @@ function writeString (buf: Buffer, at: number, tag: number, s: string, len: numb
   return at + buf.write(s, at, len, 'utf8')
 }
 
+// The constant part of the last event encoded in full: its source, spec version and type fields
+// ("head") and its attribute entries after the time stamp (subject, content type, extensions), as bytes,
+// with the strings they were made from. A device's consecutive events share them: they are copied
+// instead of measured and written character by character (that was half of the encoder's time).
+const tplNames: string[] = []
+const tplValues: string[] = []
+let tplCount = -1
+let tplSource = ''
+let tplType = ''
+/** Template bytes at most (longer constant parts are encoded in full every time). */
+const TEMPLATE_BYTES = 1024
+const tplBytes = Buffer.allocUnsafeSlow(TEMPLATE_BYTES)
+let tplHeadLen = 0
+let tplAttrsLen = 0
+
+/** Whether the event's attributes after the time stamp, source and type are the template's. */
+function matchesTemplate (ev: GridEvent, count: number): boolean {
+  if (count !== tplCount || ev.source !== tplSource || ev.type !== tplType) return false
+  for (let i = 1; i < count; i++) if (attrNames[i] !== tplNames[i] || attrValues[i] !== tplValues[i]) return false
+  return true
+}
+
+/** The time attribute's map entry (protobufjs leaves out a Timestamp's zero fields). */
+function writeTimeEntry (buf: Buffer, at: number, entryLen: number, valueLen: number, timestampLen: number, seconds: number, nanos: number): number {
+  buf[at++] = TAG_ATTRIBUTE
+  at = writeVarint(buf, at, entryLen)
+  at = writeString(buf, at, TAG_ENTRY_KEY, 'time', 4)
+  buf[at++] = TAG_ENTRY_VALUE
+  at = writeVarint(buf, at, valueLen)
+  buf[at++] = TAG_CE_TIMESTAMP
+  at = writeVarint(buf, at, timestampLen)
+  if (seconds !== 0) {
+    buf[at++] = TAG_SECONDS
+    at = writeVarint(buf, at, seconds)
+  }
+  if (nanos !== 0) {
+    buf[at++] = TAG_NANOS
+    at = writeVarint(buf, at, nanos)
+  }
+  return at
+}
+
 export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Uint8Array {
   // Attribute values in protobufjs' order (the object's insertion order): time, subject,
   // datacontenttype, then the extensions. Strings' UTF-8 lengths are measured once.
@@ -147,53 +189,67 @@ export function encodeDirect (ev: GridEvent, seconds: number, nanos: number): Ui
   if (ev.subject !== '') { names[count] = 'subject'; values[count++] = ev.subject }
   if (ev.datacontenttype !== undefined) { names[count] = 'datacontenttype'; values[count++] = ev.datacontenttype }
   for (const name in ev.extensions) { names[count] = name; values[count++] = ev.extensions[name] as string }
-  // protobufjs leaves out a Timestamp's zero fields.
   const timestampLen = (seconds === 0 ? 0 : 1 + varintSize(seconds)) + (nanos === 0 ? 0 : 1 + varintSize(nanos))
+  const timeValueLen = fieldSize(timestampLen)
+  const timeEntryLen = fieldSize(4) + fieldSize(timeValueLen)
   const idLen = utf8Length(ev.id)
+  const data = ev.data
+  let dataLen = 0
+  if (data !== undefined) dataLen = data.kind === 'binary' ? data.bytes.byteLength : utf8Length(data.text)
+  const dataSize = data === undefined ? 0 : fieldSize(dataLen)
+  if (matchesTemplate(ev, count)) {
+    const size = fieldSize(idLen) + tplHeadLen + fieldSize(timeEntryLen) + tplAttrsLen + dataSize
+    const buf = Buffer.allocUnsafe(size)
+    let at = writeString(buf, 0, TAG_ID, ev.id, idLen)
+    at += tplBytes.copy(buf, at, 0, tplHeadLen)
+    at = writeTimeEntry(buf, at, timeEntryLen, timeValueLen, timestampLen, seconds, nanos)
+    at += tplBytes.copy(buf, at, tplHeadLen, tplHeadLen + tplAttrsLen)
+    return finish(buf, at, size, data, dataLen)
+  }
   const sourceLen = utf8Length(ev.source)
   const typeLen = utf8Length(ev.type)
-  let size = fieldSize(idLen) + fieldSize(sourceLen) + fieldSize(SPEC_VERSION.length) + fieldSize(typeLen)
-  for (let i = 0; i < count; i++) {
-    const strLen = i === 0 ? 0 : utf8Length(values[i]!)
+  let size = fieldSize(idLen) + fieldSize(sourceLen) + fieldSize(SPEC_VERSION.length) + fieldSize(typeLen) + fieldSize(timeEntryLen) + dataSize
+  for (let i = 1; i < count; i++) {
+    const strLen = utf8Length(values[i]!)
     attrStrLens[i] = strLen
-    const valueLen = i === 0 ? fieldSize(timestampLen) : fieldSize(strLen)
+    const valueLen = fieldSize(strLen)
     attrValueLens[i] = valueLen
     const entryLen = fieldSize(names[i]!.length) + fieldSize(valueLen)
     attrEntryLens[i] = entryLen
     size += fieldSize(entryLen)
   }
-  const data = ev.data
-  let dataLen = 0
-  if (data !== undefined) {
-    dataLen = data.kind === 'binary' ? data.bytes.byteLength : utf8Length(data.text)
-    size += fieldSize(dataLen)
-  }
   const buf = Buffer.allocUnsafe(size)
   let at = writeString(buf, 0, TAG_ID, ev.id, idLen)
+  const headStart = at
   at = writeString(buf, at, TAG_SOURCE, ev.source, sourceLen)
   at = writeString(buf, at, TAG_SPEC_VERSION, SPEC_VERSION, SPEC_VERSION.length)
   at = writeString(buf, at, TAG_TYPE, ev.type, typeLen)
-  for (let i = 0; i < count; i++) {
+  const headEnd = at
+  at = writeTimeEntry(buf, at, timeEntryLen, timeValueLen, timestampLen, seconds, nanos)
+  const attrsStart = at
+  for (let i = 1; i < count; i++) {
     buf[at++] = TAG_ATTRIBUTE
     at = writeVarint(buf, at, attrEntryLens[i]!)
     at = writeString(buf, at, TAG_ENTRY_KEY, names[i]!, names[i]!.length)
     buf[at++] = TAG_ENTRY_VALUE
     at = writeVarint(buf, at, attrValueLens[i]!)
-    if (i === 0) {
-      buf[at++] = TAG_CE_TIMESTAMP
-      at = writeVarint(buf, at, timestampLen)
-      if (seconds !== 0) {
-        buf[at++] = TAG_SECONDS
-        at = writeVarint(buf, at, seconds)
-      }
-      if (nanos !== 0) {
-        buf[at++] = TAG_NANOS
-        at = writeVarint(buf, at, nanos)
-      }
-    } else {
-      at = writeString(buf, at, TAG_CE_STRING, values[i]!, attrStrLens[i]!)
-    }
+    at = writeString(buf, at, TAG_CE_STRING, values[i]!, attrStrLens[i]!)
   }
+  if (headEnd - headStart + at - attrsStart <= TEMPLATE_BYTES) {
+    tplHeadLen = buf.copy(tplBytes, 0, headStart, headEnd)
+    tplAttrsLen = buf.copy(tplBytes, tplHeadLen, attrsStart, at)
+    tplSource = ev.source
+    tplType = ev.type
+    for (let i = 1; i < count; i++) { tplNames[i] = names[i]!; tplValues[i] = values[i]! }
+    tplCount = count
+  } else {
+    tplCount = -1
+  }
+  return finish(buf, at, size, data, dataLen)
+}
+
+/** Writes the data field (text or bytes) at `at` and checks the size measured beforehand. */
+function finish (buf: Buffer, at: number, size: number, data: EventData | undefined, dataLen: number): Buffer {
   if (data !== undefined) {
     if (data.kind === 'binary') {
       buf[at++] = TAG_BINARY_DATA
@@ -473,6 +529,11 @@ export class JsonOut {
     } while (n > 0)
   }
 
+  /** Copies bytes written (start..end) into `target` at `at`; returns how many. */
+  copyTo (target: Buffer, at: number, start: number, end: number): number {
+    return this.buf.copy(target, at, start, end)
+  }
+
   /** Drops what was written after `length` (an event given up half way). */
   truncate (length: number): void {
     this.length = length
@@ -634,14 +695,146 @@ function slotOf (buf: Buffer, start: number, end: number): Slot {
 
 const APPLICATION_JSON = Buffer.from('application/json', 'latin1')
 
+// The last event transcoded in full, when it had the shape encodeDirect writes (id first; source, spec
+// version and type; the time stamp as the first attribute; data last): the bytes between its id and its
+// time entry (R1) and between the time entry and the data field (R2), and the JSON they rendered to
+// (A: source, type, subject; B: content type and extensions). An event whose R1 and R2 are the same bytes
+// renders to the same JSON around its id, time and data, so only those are transcoded (a device's
+// consecutive events share everything else).
+const TC_TEMPLATE_BYTES = 1024
+const tcR = Buffer.allocUnsafeSlow(2 * TC_TEMPLATE_BYTES)
+const tcJson = Buffer.allocUnsafeSlow(8 * TC_TEMPLATE_BYTES)
+let tcR1Len = -1
+let tcR2Len = 0
+let tcJsonALen = 0
+let tcJsonBLen = 0
+/** The template's content type is application/json: text data is inlined as it is. */
+let tcJsonData = false
+/** The time entry's time stamp in ms, as timeEntryEnd found it. */
+let tcEntryMs = 0
+
+function sameBytes (a: Buffer, aStart: number, b: Buffer, bStart: number, len: number): boolean {
+  for (let i = 0; i < len; i++) if (a[aStart + i] !== b[bStart + i]) return false
+  return true
+}
+
+/** Prefix of the time attribute's entry as encodeDirect writes it, after the entry's length. */
+const TIME_KEY = Buffer.from([TAG_ENTRY_KEY, 4, 0x74, 0x69, 0x6d, 0x65, TAG_ENTRY_VALUE])
+
+/**
+ * The end of the time attribute's entry that starts at `at` (tcEntryMs set to its milliseconds), or -1
+ * unless it is exactly the shape encodeDirect writes with one-byte lengths and a time stamp
+ * transcodeJson renders itself.
+ */
+function timeEntryEnd (buf: Buffer, at: number, end: number): number {
+  if (at + 11 > end || buf[at] !== TAG_ATTRIBUTE) return -1
+  const entryLen = buf[at + 1]!
+  const entryEnd = at + 2 + entryLen
+  if (entryLen >= 0x80 || entryEnd > end || !sameBytes(buf, at + 2, TIME_KEY, 0, TIME_KEY.length)) return -1
+  at += 2 + TIME_KEY.length
+  const valueLen = buf[at]!
+  if (at + 1 + valueLen !== entryEnd || buf[at + 1] !== TAG_CE_TIMESTAMP || buf[at + 2] !== valueLen - 2) return -1
+  at += 3
+  let seconds = 0
+  let nanos = 0
+  let field = TAG_SECONDS
+  while (at < entryEnd) {
+    const t = buf[at++]!
+    // Seconds, then nanos, each once (protobufjs' order; anything else is left to the full path).
+    if (t !== field && !(t === TAG_NANOS && field === TAG_SECONDS)) return -1
+    field = t + 8
+    let n = 0
+    let mul = 1
+    for (let i = 0; ; i++) {
+      if (i === 8 || at >= entryEnd) return -1
+      const b = buf[at++]!
+      n += (b & 0x7f) * mul
+      if (b < 0x80) break
+      mul *= 128
+    }
+    if (t === TAG_SECONDS) seconds = n
+    else nanos = n
+  }
+  if (seconds > MAX_FAST_SECONDS || nanos >= 1_000_000_000) return -1
+  tcEntryMs = seconds * 1000 + Math.floor(nanos / 1_000_000)
+  return entryEnd
+}
+
+/** transcodeJson for an event that matches the template; false (`out` untouched) when it does not. */
+function transcodeByTemplate (out: JsonOut, buf: Buffer, storeIdJson: Buffer, sequence: number): boolean {
+  const end = buf.length
+  if (tcR1Len < 0 || end < 2 || buf[0] !== TAG_ID || buf[1]! >= 0x80) return false
+  const idE = 2 + buf[1]!
+  if (idE + tcR1Len > end || !sameBytes(buf, idE, tcR, 0, tcR1Len)) return false
+  const timeEnd = timeEntryEnd(buf, idE + tcR1Len, end)
+  if (timeEnd < 0 || timeEnd + tcR2Len > end || !sameBytes(buf, timeEnd, tcR, TC_TEMPLATE_BYTES, tcR2Len)) return false
+  let at = timeEnd + tcR2Len
+  let dataKind = 0
+  let dataS = 0
+  if (at < end) {
+    const tag = buf[at++]!
+    if (tag !== TAG_TEXT_DATA && tag !== TAG_BINARY_DATA) return false
+    let len = 0
+    let mul = 1
+    for (let i = 0; ; i++) {
+      if (i === 8 || at >= end) return false
+      const b = buf[at++]!
+      len += (b & 0x7f) * mul
+      if (b < 0x80) break
+      mul *= 128
+    }
+    if (at + len !== end) return false
+    dataKind = tag >> 3
+    dataS = at
+  }
+  const mark = out.length
+  const ms = tcEntryMs
+  out.small(JSON_HEAD)
+  if (!out.escaped(buf, 2, idE)) { out.truncate(mark); return false }
+  out.raw(tcJson, 0, tcJsonALen)
+  out.small(JSON_TIME)
+  writeStamp(out, ms)
+  out.raw(tcJson, tcJsonALen, tcJsonALen + tcJsonBLen)
+  return finishJson(out, mark, buf, storeIdJson, sequence, dataKind, dataS, end, tcJsonData)
+}
+
+/** The storeid, sequence and data members and the closing brace; false (`out` back at `mark`) on invalid UTF-8. */
+function finishJson (out: JsonOut, mark: number, buf: Buffer, storeIdJson: Buffer, sequence: number, dataKind: number, dataS: number, dataE: number, json: boolean): boolean {
+  out.small(JSON_STORE_ID)
+  out.small(storeIdJson)
+  out.small(JSON_SEQUENCE)
+  if (!Number.isSafeInteger(sequence) || sequence < 0) formatSequence(sequence) // throws its RangeError
+  out.padded(sequence, 20)
+  out.byte(0x22)
+  if (dataKind === 7) {
+    out.small(JSON_DATA)
+    if (json) {
+      if (!isUtf8(buf.subarray(dataS, dataE))) { out.truncate(mark); return false }
+      out.raw(buf, dataS, dataE)
+    } else if (!out.escaped(buf, dataS, dataE)) { out.truncate(mark); return false }
+  } else if (dataKind === 6) {
+    out.small(JSON_DATA_BASE64)
+    out.ascii(buf.toString('base64', dataS, dataE))
+    out.byte(0x22)
+  }
+  out.byte(0x7d)
+  return true
+}
+
 /**
  * One stored event as writeJson renders it, appended to `out` straight from its protobuf bytes;
  * false (and `out` as it was) when the event needs decoding first (see above).
  */
 export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, sequence: number): boolean {
+  if (transcodeByTemplate(out, buf, storeIdJson, sequence)) return true
   const mark = out.length
   let at = 0
   const end = buf.length
+  // Where the template's parts are (see above); attr0End stays -1 unless the first attribute is a time stamp.
+  let attr0Start = -1
+  let attr0End = -1
+  let dataTagAt = -1
+  let coreAfterAttribute = false
   let bad = false
   const varint = (): number => {
     let n = 0
@@ -668,6 +861,7 @@ export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, s
   // The attribute in each slot of its own (-1: absent); the others are extensions, in wire order.
   let time = -1; let subject = -1; let contentType = -1
   while (at < end) {
+    const tagAt = at
     const tag = varint()
     if (bad) return false
     const field = Math.floor(tag / 8)
@@ -676,6 +870,7 @@ export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, s
     if (field !== 5 && (seen & bit) !== 0) return false
     seen |= bit
     if (field === 5) {
+      if (n === 0) attr0Start = tagAt
       const entryLen = length()
       const entryEnd = at + entryLen
       if (bad || varint() !== TAG_ENTRY_KEY) return false
@@ -730,18 +925,20 @@ export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, s
         case Slot.ContentType: contentType = n; break
         default: break
       }
+      if (n === 0 && slot === Slot.Time && tcStamp[0]! >= 0) attr0End = at
       n++
       continue
     }
     const len = length()
     if (bad) return false
+    if (n > 0 && field < 5) coreAfterAttribute = true
     switch (field) {
       case 1: idS = at; idE = at + len; break
       case 2: srcS = at; srcE = at + len; break
       case 4: typeS = at; typeE = at + len; break
       case 6: case 7:
         if (dataKind !== 0) return false
-        dataKind = field; dataS = at; dataE = at + len
+        dataKind = field; dataS = at; dataE = at + len; dataTagAt = tagAt
         break
       default: break // 3: spec_version, not rendered from the bytes
     }
@@ -757,12 +954,15 @@ export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, s
   const empty = (k: number): boolean => tcStamp[k]! < 0 && tcValue[2 * k] === tcValue[2 * k + 1]
   out.small(JSON_HEAD)
   let ok = out.escaped(buf, idS, idE)
+  const jsonA = out.length
   out.small(JSON_SOURCE)
   ok = ok && out.escaped(buf, srcS, srcE)
   out.small(JSON_TYPE)
   ok = ok && out.escaped(buf, typeS, typeE)
   if (ok && subject >= 0 && !empty(subject)) { out.small(JSON_SUBJECT); ok = value(subject) }
+  const jsonAEnd = out.length
   if (ok && time >= 0 && !empty(time)) { out.small(JSON_TIME); ok = value(time) }
+  const jsonB = out.length
   if (ok && contentType >= 0) { out.small(JSON_CONTENT_TYPE); ok = value(contentType) }
   for (let k = 0; ok && k < n; k++) {
     if (tcSlot[k] !== Slot.Extension) continue
@@ -776,27 +976,22 @@ export function transcodeJson (out: JsonOut, buf: Buffer, storeIdJson: Buffer, s
     ok = value(k)
   }
   if (!ok) { out.truncate(mark); return false }
-  out.small(JSON_STORE_ID)
-  out.small(storeIdJson)
-  out.small(JSON_SEQUENCE)
-  if (!Number.isSafeInteger(sequence) || sequence < 0) formatSequence(sequence) // throws its RangeError
-  out.padded(sequence, 20)
-  out.byte(0x22)
-  if (dataKind === 7) {
-    const json = contentType >= 0 && tcStamp[contentType]! < 0 &&
-      tcValue[2 * contentType + 1]! - tcValue[2 * contentType]! === APPLICATION_JSON.length &&
-      buf.compare(APPLICATION_JSON, 0, APPLICATION_JSON.length, tcValue[2 * contentType]!, tcValue[2 * contentType + 1]!) === 0
-    out.small(JSON_DATA)
-    if (json) {
-      if (!isUtf8(buf.subarray(dataS, dataE))) { out.truncate(mark); return false }
-      out.raw(buf, dataS, dataE)
-    } else if (!out.escaped(buf, dataS, dataE)) { out.truncate(mark); return false }
-  } else if (dataKind === 6) {
-    out.small(JSON_DATA_BASE64)
-    out.ascii(buf.toString('base64', dataS, dataE))
-    out.byte(0x22)
+  const jsonBEnd = out.length
+  const json = contentType >= 0 && tcStamp[contentType]! < 0 &&
+    tcValue[2 * contentType + 1]! - tcValue[2 * contentType]! === APPLICATION_JSON.length &&
+    buf.compare(APPLICATION_JSON, 0, APPLICATION_JSON.length, tcValue[2 * contentType]!, tcValue[2 * contentType + 1]!) === 0
+  if (!finishJson(out, mark, buf, storeIdJson, sequence, dataKind, dataS, dataE, json)) return false
+  // The next event may share this one's constant parts: keep them when this has the template's shape.
+  const r2End = dataKind === 0 ? end : dataTagAt
+  if (buf[0] === TAG_ID && idS === 2 && attr0End > 0 && !coreAfterAttribute && (dataKind === 0 || dataE === end) &&
+    attr0Start - idE <= TC_TEMPLATE_BYTES && r2End - attr0End <= TC_TEMPLATE_BYTES &&
+    jsonAEnd - jsonA + jsonBEnd - jsonB <= tcJson.length) {
+    tcR1Len = buf.copy(tcR, 0, idE, attr0Start)
+    tcR2Len = buf.copy(tcR, TC_TEMPLATE_BYTES, attr0End, r2End)
+    tcJsonALen = out.copyTo(tcJson, 0, jsonA, jsonAEnd)
+    tcJsonBLen = out.copyTo(tcJson, tcJsonALen, jsonB, jsonBEnd)
+    tcJsonData = json
   }
-  out.byte(0x7d)
   return true
 }
 

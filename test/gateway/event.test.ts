@@ -464,3 +464,62 @@ test('backlog pages go from protobuf to JSON without decoding, byte for byte as 
   }
   assert.equal(renderJsonBatchDirect([{ seq: 5, body: fallbackCases.at(-1)![1] }], STORE), null, 'what decodeDirect refuses still goes to protobufjs')
 })
+
+test('consecutive events of a device reuse their constant parts, byte for byte as encoding and rendering each in full would', () => {
+  // A stream where most neighbours share source, type, subject, content type and extensions (the
+  // encoder's and the transcoder's templates) and some differ in one byte, in a length, in the data kind
+  // or in the time stamp's shape (no nanos, a second varint byte).
+  let seed = 7
+  const rnd = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+  const subjects = ['devices/d1/t', 'devices/d1/u', 'devices/d1/temperature', 'devices/d1/"q"', 'devices/d1/温度']
+  const sources = ['/gateways/gw/devices/d1', '/gateways/gw/devices/d2']
+  const extensionSets: Array<Record<string, string>> = [
+    { deviceid: 'd1', protocol: 'mqtt', gatewayid: 'gw' },
+    { deviceid: 'd1', protocol: 'mqtt', gatewayid: 'gw', sourcecontenttype: 'text/plain' },
+    { deviceid: 'd1', protocol: 'coap', gatewayid: 'gw' },
+    { deviceid: 'd1', protocol: 'mqtt', gatewayid: 'gw', traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' },
+  ]
+  const events: GridEvent[] = []
+  for (let i = 0; i < 4000; i++) {
+    const change = rnd(10) === 0
+    const ev: GridEvent = {
+      id: rnd(50) === 0 ? `id-${'x'.repeat(130)}-${i}` : `0190b8c4-7c1e-7a8e-9f00-${String(i).padStart(12, '0')}`,
+      source: change ? sources[rnd(sources.length)]! : sources[0]!,
+      type: change && rnd(2) === 0 ? 'gridgate.other' : 'gridgate.telemetry',
+      subject: change ? subjects[rnd(subjects.length)]! : subjects[0]!,
+      time: new Date(1_700_000_000_000 + i * 1000 + (rnd(3) === 0 ? 0 : rnd(1000))).toISOString(),
+      extensions: { ...extensionSets[change ? rnd(extensionSets.length) : 0]! },
+    }
+    switch (change ? rnd(4) : 0) {
+      case 0: ev.datacontenttype = 'application/json'; ev.data = { kind: 'json', text: JSON.stringify({ t: rnd(1000) / 10, s: 'é"'.repeat(rnd(3)) }) }; break
+      case 1: ev.datacontenttype = 'application/json'; ev.data = { kind: 'text', text: `not "json" ${i}` }; break
+      case 2: ev.datacontenttype = 'application/octet-stream'; ev.data = { kind: 'binary', bytes: Buffer.from([i & 255, 0, 255]) }; break
+      default: break
+    }
+    events.push(ev)
+  }
+  const rows = events.map((ev, i) => {
+    const body = Buffer.from(encodeEvent(ev))
+    assert.equal(body.toString('hex'), Buffer.from(encodeEventReference(ev)).toString('hex'), `event ${i} encodes as protobufjs does`)
+    return { seq: 1 + i, body }
+  })
+  const reference = writeJsonBatch(rows, STORE, decodeDirect)!.toString('utf8')
+  assert.equal(renderJsonBatchDirect(rows, STORE)!.toString('utf8'), reference)
+  // Events the transcoder must not take from the template although their constant parts match it:
+  // invalid UTF-8 in the id or in JSON data, a time stamp it leaves to Date, trailing fields.
+  const template = rows[0]!.body
+  const withId = (id: Buffer): Buffer => Buffer.concat([Buffer.from([0x0a, id.length]), id, template.subarray(2 + template[1]!)])
+  const badData = Buffer.from(template)
+  badData[badData.length - 2] = 0xff
+  const cases: Array<[string, Buffer]> = [
+    ['invalid UTF-8 in the id', withId(Buffer.from([0x61, 0xff, 0x62]))],
+    ['invalid UTF-8 in JSON data', badData],
+    ['a field after the data', Buffer.concat([template, Buffer.from([0x4a, 0x01, 0x41])])],
+    ['the data twice', Buffer.concat([template, template.subarray(template.lastIndexOf(0x3a))])],
+  ]
+  for (const [label, body] of cases) {
+    const batch = [rows[0]!, { seq: 9000, body }]
+    const run = (f: () => Buffer | null): string => { try { return f()?.toString('hex') ?? 'null' } catch (err) { return `throws ${String(err)}` } }
+    assert.equal(run(() => renderJsonBatchDirect(batch, STORE)), run(() => writeJsonBatch(batch, STORE, decodeDirect)), label)
+  }
+})
