@@ -89,6 +89,27 @@ test('a row is deleted only when every uplink it is routed to has acknowledged i
   assert.equal((await s.stats()).events, 0)
 })
 
+test('a cursor move rides the next commit of events instead of a commit of its own, and commits alone after a pause', async (t) => {
+  const s = await open(t, tempDir(t))
+  const a = s.uplinks.get('a')!.slot
+  const first = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('e1'), eventId: 'e1' })
+  // The move is queued while the next event's commit is under way, and that commit's answer finds
+  // nothing but the move waiting: it waits for the event after it (one commit, not two).
+  const second = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('e2'), eventId: 'e2' })
+  const moved = s.ack(a, first.seq, 1, 2)
+  const before = s.commits
+  await second
+  const third = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('e3'), eventId: 'e3' })
+  await moved
+  assert.equal(s.commits - before, 2, 'the commit of e2, then the commit of e3 with the cursor')
+  assert.equal((await s.stats()).events, 2)
+  // With no events coming, the move commits on its own.
+  const alone = s.commits
+  await s.ack(a, third.seq, 2, 4)
+  assert.equal(s.commits - alone, 1)
+  assert.equal((await s.stats()).events, 0)
+})
+
 test('a removed uplink no longer pins rows and a new uplink starts at the newest event', async (t) => {
   const dir = tempDir(t)
   const s1 = await open(t, dir, { uplinks: ['a', 'b'] })
