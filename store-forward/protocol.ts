@@ -232,6 +232,8 @@ export interface WriterState {
   /** Dead letters per uplink name. */
   deadLettersByUplink: Record<string, number>
   events: number
+  /** Rows the writer's connection has changed since it opened (SQLite total_changes()): new WAL frames when it moves. */
+  changes: number
 }
 
 /**

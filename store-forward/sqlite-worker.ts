@@ -332,6 +332,7 @@ class Writer {
       setSteps: db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('clock_steps', ?)"),
       pageCount: db.prepare('PRAGMA page_count').pluck(),
       freelistCount: db.prepare('PRAGMA freelist_count').pluck(),
+      totalChanges: db.prepare('SELECT total_changes()').pluck(),
     }
   }
 
@@ -844,6 +845,7 @@ class Writer {
       deadLetters: this.deadLetterRows,
       deadLettersByUplink: Object.fromEntries(this.dlByUplink),
       events: this.rows,
+      changes: this.stmts.totalChanges.get() as number,
     }
   }
 

@@ -12,7 +12,7 @@ import {
   type CommitResult, type WriterState, type MaintainResult, type DropReason, type DeadLetterRow,
   type RetainedRow, type RetainedLoadResult, type RenderedPage, type PackedRenderedPage, type PackedRows,
 } from './protocol.js'
-import type { DeviceRow } from './protocol.js'
+import type { DeviceRow, Request as WorkerRequest } from './protocol.js'
 import { Router } from './route.js'
 import { RecentTail, type TailRow } from './tail.js'
 
@@ -34,6 +34,8 @@ export interface StoreOptions {
   takeClockSteps?: () => ClockStep[]
   /** How often TTL, lag age, free disk and the checkpointer run (ms). */
   maintainIntervalMs?: number
+  /** The reader thread stops after this long without work (ms; default READER_IDLE_MS). */
+  readerIdleMs?: number
   /** Highest wall time used so far, persisted with every commit (DESIGN.md clock floor). */
   floorMs: () => number
   now: () => number
@@ -46,6 +48,8 @@ export const STORE_FILE = 'gridgate.db'
 const MAX_APPENDS_PER_COMMIT = 10_000
 /** Longest a forwarder's cursor move waits for a commit with appends to share before it commits alone. */
 const ACK_COMMIT_DELAY_MS = 50
+/** The reader thread stops after this long without a read or a checkpoint to do (see Store.reader). */
+const READER_IDLE_MS = 10_000
 /** Writer restarts allowed within RESTART_WINDOW before the store gives up. */
 const MAX_RESTARTS = 5
 const RESTART_WINDOW = 60_000
@@ -107,7 +111,17 @@ export class Store extends EventEmitter<StoreEvents> {
   info!: InitResult
   readonly uplinks = new Map<string, UplinkCounters>()
   private writer!: WorkerClient
-  private reader!: WorkerClient
+  /**
+   * The reader thread (pages from SQLite, JSON rendering of a backlog, routine checkpoints), started
+   * when first needed and stopped after READER_IDLE_MS without work: an idle gateway does without the
+   * thread and its SQLite connection (about 10 MB).
+   */
+  private reader: WorkerClient | null = null
+  private readerStarting: Promise<WorkerClient> | null = null
+  private readerRequests = 0
+  private readerUsedAt = 0
+  /** The writer's total_changes() when a routine checkpoint last left nothing in the WAL to copy. */
+  private checkpointedChanges = -1
   private queue: Pending[] = []
   private acks: AckItem[] = []
   private deadLetters: DeadLetterItem[] = []
@@ -177,7 +191,6 @@ export class Store extends EventEmitter<StoreEvents> {
     this.router = new Router([...this.uplinks.values()].map(u => ({ slot: u.slot, filter: this.uplinkInits.find(x => x.name === u.name)?.filter })))
     this.lastSeq = this.info.lastSeq
     this.tail = new RecentTail(TAIL_LIMITS, this.lastSeq)
-    await this.startReader()
     this.setReady(true)
     const every = this.opts.maintainIntervalMs ?? 1000
     this.maintainTimer = setInterval(() => { void this.maintain() }, every)
@@ -196,9 +209,10 @@ export class Store extends EventEmitter<StoreEvents> {
         if (u !== undefined) u.oldestMs = o.ingestMs
       }
       // A truncation by the writer (WAL past walMaxBytes), else the routine one on the reader.
-      this.lastCheckpoint = r.checkpoint ?? await this.checkpoint()
+      this.lastCheckpoint = r.checkpoint ?? await this.checkpoint(r.state.changes)
       this.diskFree = r.diskFree
       this.applyState(r.state)
+      this.stopIdleReader()
       // Cursor moves and dead letters may be waiting for a commit that nothing else triggers.
       this.schedule()
     } catch (err) {
@@ -208,9 +222,15 @@ export class Store extends EventEmitter<StoreEvents> {
     }
   }
 
-  private async checkpoint (): Promise<MaintainResult['checkpoint']> {
-    await this.ensureReader()
-    return this.reader.request<NonNullable<MaintainResult['checkpoint']>>({ op: 'checkpoint' })
+  /**
+   * The routine PASSIVE checkpoint on the reader; none while the writer has changed nothing since one
+   * that copied the whole WAL (`changes`: the writer's total_changes() before this round).
+   */
+  private async checkpoint (changes: number): Promise<MaintainResult['checkpoint']> {
+    if (changes === this.checkpointedChanges) return this.lastCheckpoint
+    const c = await this.readerRequest<NonNullable<MaintainResult['checkpoint']>>({ op: 'checkpoint' })
+    if (c.busy === 0 && c.log >= 0 && c.checkpointed === c.log) this.checkpointedChanges = changes
+    return c
   }
 
   /** Mirrors the writer's counters (the writer is the authority) and reports drops and skips. */
@@ -244,11 +264,51 @@ export class Store extends EventEmitter<StoreEvents> {
     }
   }
 
-  private async startReader (): Promise<void> {
+  private async startReader (): Promise<WorkerClient> {
     const reader = new WorkerClient({ role: 'reader', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: null })
+    try {
+      await reader.request({ op: 'init', uplinks: [], nowMs: this.opts.now() })
+    } catch (err) {
+      await reader.terminate()
+      throw err
+    }
     this.reader = reader
-    await reader.request({ op: 'init', uplinks: [], nowMs: this.opts.now() })
+    this.readerUsedAt = Date.now()
+    return reader
   }
+
+  /** The running reader thread, started now if there is none (again, with a warning, if it died). */
+  private readerClient (): Promise<WorkerClient> {
+    if (this.reader?.alive === true) return Promise.resolve(this.reader)
+    if (this.closing) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE', 'the store is closing'))
+    if (this.readerStarting === null) {
+      // A reader stopped for idleness is null; one that is there but not alive exited by itself.
+      if (this.reader !== null) this.opts.log.warn({ code: 'GG_ERR_STORE_UNAVAILABLE' }, 'store reader thread exited; restarting it')
+      this.reader = null
+      this.readerStarting = this.startReader().finally(() => { this.readerStarting = null })
+    }
+    return this.readerStarting
+  }
+
+  private async readerRequest<T> (req: WorkerRequest): Promise<T> {
+    const reader = await this.readerClient()
+    this.readerRequests++
+    try {
+      return await reader.request<T>(req)
+    } finally {
+      this.readerRequests--
+      this.readerUsedAt = Date.now()
+    }
+  }
+
+  /** Ends the reader thread when it has had nothing to do for READER_IDLE_MS. */
+  private stopIdleReader (): void {
+    const reader = this.reader
+    if (reader === null || this.readerRequests > 0 || this.readerStarting !== null || Date.now() - this.readerUsedAt < (this.opts.readerIdleMs ?? READER_IDLE_MS)) return
+    this.reader = null
+    void reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {}).then(async () => await reader.terminate())
+  }
+
 
   private async startWriter (): Promise<InitResult> {
     const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults, ...(this.opts.quota === undefined ? {} : { quota: this.opts.quota }) })
@@ -465,8 +525,7 @@ export class Store extends EventEmitter<StoreEvents> {
     const recent = this.readTail(slot, after, limit, maxBytes)
     if (recent !== null) return { rows: recent, json: null }
     this.storeReads++
-    await this.ensureReader()
-    const page = await this.reader.request<PackedRenderedPage>({ op: 'readRendered', slot, after, upTo: this.lastSeq, limit, maxBytes, storeId: this.info.storeId })
+    const page = await this.readerRequest<PackedRenderedPage>({ op: 'readRendered', slot, after, upTo: this.lastSeq, limit, maxBytes, storeId: this.info.storeId })
     return { rows: unpackRows(page.rows), json: page.json }
   }
 
@@ -481,17 +540,10 @@ export class Store extends EventEmitter<StoreEvents> {
     return recent
   }
 
-  private async ensureReader (): Promise<void> {
-    if (!this.reader.alive && !this.closing) {
-      this.opts.log.warn({ code: 'GG_ERR_STORE_UNAVAILABLE' }, 'store reader thread exited; restarting it')
-      await this.startReader()
-    }
-  }
 
   /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
   async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
-    await this.ensureReader()
-    return unpackRows(await this.reader.request<PackedRows>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes }))
+    return unpackRows(await this.readerRequest<PackedRows>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes }))
   }
 
   /**
@@ -572,9 +624,14 @@ export class Store extends EventEmitter<StoreEvents> {
     }
   }
 
+  /** Whether the reader thread is running (it starts when first needed and stops when idle). */
+  get readerRunning (): boolean {
+    return this.reader?.alive === true
+  }
+
   /** Test-only: ends the reader thread, as a crash in it would. */
   async killReader (): Promise<void> {
-    await this.reader.terminate()
+    await (await this.readerClient()).terminate()
   }
 
   /** Test-only fault switches (DESIGN.md "Engineering rules"); null unless faults were enabled. */
@@ -609,9 +666,12 @@ export class Store extends EventEmitter<StoreEvents> {
       if (this.writer.alive) await this.writer.request({ op: 'close', clean: true, floorMs: this.opts.floorMs() })
     } finally {
       await this.writer.terminate()
-      if (this.reader !== undefined) {
-        await this.reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {})
-        await this.reader.terminate()
+      await this.readerStarting?.catch(() => {})
+      const reader = this.reader
+      this.reader = null
+      if (reader !== null) {
+        await reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {})
+        await reader.terminate()
       }
     }
   }

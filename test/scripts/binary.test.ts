@@ -178,6 +178,9 @@ test('a store runs with its worker started from bundled source and the addon loa
   assert.ok(r.seq >= 1)
   const rows = await store.readPage(0, 0, 10, 1 << 20)
   assert.deepEqual(rows.map(row => Buffer.from(row.body).toString()), ['hello'])
+  // readPage answered from the in-memory tail; a page from SQLite needs the reader thread.
+  const stored = await store.readStoredPage(0, 0, 10, 1 << 20)
+  assert.deepEqual(stored.map(row => Buffer.from(row.body).toString()), ['hello'])
   assert.ok(asked.length >= 2, 'the writer and the reader each load the addon')
   assert.ok(asked.every(p => p === path.join(dir, 'gridgate.db')))
 })

@@ -110,6 +110,25 @@ test('a cursor move rides the next commit of events instead of a commit of its o
   assert.equal((await s.stats()).events, 0)
 })
 
+test('the reader thread starts when first needed, stops when idle, and starts again for the next read', async (t) => {
+  const s = await open(t, tempDir(t), { maintainIntervalMs: 20, readerIdleMs: 300 })
+  const slot = s.uplinks.get('a')!.slot
+  assert.equal(s.readerRunning, false, 'a store nobody reads from starts without it')
+  const r = await Promise.all([1, 2, 3].map(i => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })))
+  // The commits need a checkpoint: the checkpointer starts the reader.
+  await waitFor(() => s.readerRunning, 'the checkpointer starts the reader')
+  await waitFor(() => s.lastCheckpoint !== null && s.lastCheckpoint.checkpointed === s.lastCheckpoint.log, 'the WAL copied')
+  // Nothing more to copy or read: it stops, and the checkpoints with it.
+  await waitFor(() => !s.readerRunning, 'the idle reader stops')
+  const page = await s.readStoredPage(slot, 0, 10, 1 << 20)
+  assert.deepEqual(page.map(p => p.seq), r.map(x => x.seq), 'a read starts it again')
+  assert.equal(s.readerRunning, true)
+  await waitFor(() => !s.readerRunning, 'and it stops again')
+  // A reader that dies is replaced at the next read.
+  await s.killReader()
+  assert.deepEqual((await s.readStoredPage(slot, r[0]!.seq, 10, 1 << 20)).map(p => p.seq), r.slice(1).map(x => x.seq))
+})
+
 test('a removed uplink no longer pins rows and a new uplink starts at the newest event', async (t) => {
   const dir = tempDir(t)
   const s1 = await open(t, dir, { uplinks: ['a', 'b'] })
