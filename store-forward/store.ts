@@ -309,7 +309,6 @@ export class Store extends EventEmitter<StoreEvents> {
     void reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {}).then(async () => await reader.terminate())
   }
 
-
   private async startWriter (): Promise<InitResult> {
     const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults, ...(this.opts.quota === undefined ? {} : { quota: this.opts.quota }) })
     this.writer = writer
@@ -539,7 +538,6 @@ export class Store extends EventEmitter<StoreEvents> {
     if (recent !== null) this.tailReads++
     return recent
   }
-
 
   /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
   async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {

@@ -33,7 +33,7 @@ import type { BaselineResult } from './aedes-baseline.js'
 import type { ReceiverReport } from './receiver.js'
 import { renderSvg, type Panel } from './svg.js'
 import { commitsBetween, scrape, slowCommitsBetween } from './metrics.js'
-import { assertDiskBacked, fdatasyncMs, loadAverage, machine, MiB, nofile, pressure, pressureBetween, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
+import { assertDiskBacked, cpuCapacity, fdatasyncMs, loadAverage, machine, MiB, nofile, pressure, pressureBetween, procSample, threadCpu, threadCpuDelta, type ProcSample } from './sys.js'
 import { WARMUP_SECONDS, type Percentiles } from './stats.js'
 import { freePort } from '../net.js'
 
@@ -804,7 +804,7 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   const lines: string[] = []
   const row = (...cols: string[]): void => { lines.push(`${cols[0]!.padEnd(44)} ${cols.slice(1).join('  ')}`) }
   lines.push('', `gridgate bench ${String(meta.startedAt)}  (${String(meta.mode)}; load average at start ${JSON.stringify(meta.loadAverageAtStart)}, end ${JSON.stringify(meta.loadAverageAtEnd)})`)
-  lines.push(`data dir on ${String((meta.dataDirFs as { mount: { fsType: string } }).mount.fsType)}; fdatasync p50/p99 ${JSON.stringify(meta.fdatasyncMs)}; store.sync ${String(meta.storeSync)}; SQLite cache_size ${String(meta.sqliteCacheSize)}; node ${String(meta.node)}; RLIMIT_NOFILE ${JSON.stringify(meta.rlimitNofile)}${meta.gatewayNodeOptions === null ? '' : `; gateway NODE_OPTIONS ${String(meta.gatewayNodeOptions)} (not the default)`}`)
+  lines.push(`data dir on ${String((meta.dataDirFs as { mount: { fsType: string } }).mount.fsType)}; fdatasync p50/p99 ${JSON.stringify(meta.fdatasyncMs)}; store.sync ${String(meta.storeSync)}; SQLite cache_size ${String(meta.sqliteCacheSize)}; node ${String(meta.node)}; CPU cores for spinning threads at start ${JSON.stringify(meta.cpuCores)}, end ${JSON.stringify(meta.cpuCoresAtEnd)}; RLIMIT_NOFILE ${JSON.stringify(meta.rlimitNofile)}${meta.gatewayNodeOptions === null ? '' : `; gateway NODE_OPTIONS ${String(meta.gatewayNodeOptions)} (not the default)`}`)
   lines.push('')
   for (const [name, r] of Object.entries(results)) if ('error' in r) row(`${name}: FAILED`, String(r.error).split('\n')[0]!)
   const ok = (r: Record<string, unknown> | undefined): Record<string, unknown> | undefined => r === undefined || 'error' in r ? undefined : r
@@ -925,6 +925,7 @@ async function main (): Promise<void> {
     dataDir: o.dataDir,
     dataDirFs,
     fdatasyncMs: fdatasyncMs(o.dataDir, o.quick ? 50 : 200),
+    cpuCores: { oneSpinningThread: await cpuCapacity(1, 1000), twoSpinningThreads: await cpuCapacity(2, 1000), of: os.cpus().length },
     storeSync: 'full (default)',
     gatewayNodeOptions: o.nodeOptions,
     sqliteCacheSize: '-4096 (4 MiB, store-forward/sqlite-worker.ts configure())',
@@ -933,7 +934,7 @@ async function main (): Promise<void> {
     loadgenProcesses: o.procs,
     note: 'Measured on whatever else the machine was running: compare runs only with their load averages.',
   }
-  log(`fdatasync on the data dir: ${JSON.stringify(meta.fdatasyncMs)} ms`)
+  log(`fdatasync on the data dir: ${JSON.stringify(meta.fdatasyncMs)} ms; CPU a spinning thread gets: ${JSON.stringify(meta.cpuCores)} cores`)
   const rx = await Receiver.start()
   const ctx: Ctx = { o, rx, rxPid: rx.child.pid!, charts: [] }
   const results: Record<string, Record<string, unknown>> = {}
@@ -958,6 +959,7 @@ async function main (): Promise<void> {
     rx.close()
   }
   meta.loadAverageAtEnd = loadAverage()
+  meta.cpuCoresAtEnd = { oneSpinningThread: await cpuCapacity(1, 1000), twoSpinningThreads: await cpuCapacity(2, 1000) }
   meta.seconds = Number(((performance.now() - t0) / 1000).toFixed(1))
   const file = path.join(o.out, `${runId}.json`)
   fs.writeFileSync(file, `${JSON.stringify({ meta, results }, null, 2)}\n`)

@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
+import { Worker } from 'node:worker_threads'
 import { percentile } from './stats.js'
 
 const CLK_TCK = 100
@@ -165,4 +166,21 @@ export function threadCpuDelta (pid: number, before: Map<number, number>, after:
   const d = (tid: number): number => Number(((after.get(tid) ?? 0) - (before.get(tid) ?? 0)).toFixed(2))
   const others = [...after.keys()].filter(t => t !== pid).map(d).filter(x => x > 0).sort((a, b) => b - a)
   return { mainSeconds: d(pid), otherThreadsSeconds: others.slice(0, 4) }
+}
+
+/**
+ * The CPU the machine gives right now, in cores: `threads` worker threads each spinning for `ms`, CPU
+ * seconds used over wall seconds. On a shared virtual machine this is well under the core count (the
+ * rest goes to other guests), and every throughput figure is bounded by it.
+ */
+export async function cpuCapacity (threads: number, ms: number): Promise<number> {
+  const before = process.cpuUsage()
+  const started = performance.now()
+  await Promise.all(Array.from({ length: threads }, async () => await new Promise<void>((resolve, reject) => {
+    const w = new Worker(`const end = Date.now() + ${ms}; let n = 0; while (Date.now() < end) n++`, { eval: true })
+    w.once('exit', () => resolve())
+    w.once('error', reject)
+  })))
+  const used = process.cpuUsage(before)
+  return Number(((used.user + used.system) / 1000 / (performance.now() - started)).toFixed(2))
 }
