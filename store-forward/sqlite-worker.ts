@@ -187,6 +187,25 @@ function walCheckpoint (db: Database.Database, mode: Checkpointed['mode']): Chec
   }
 }
 
+/** Tries of a TRUNCATE that found the reader's routine checkpoint running, TRUNCATE_RETRY_MS apart. */
+const TRUNCATE_TRIES = 10
+const TRUNCATE_RETRY_MS = 2
+const pause = new Int32Array(new SharedArrayBuffer(4))
+
+/**
+ * A TRUNCATE checkpoint (the WAL passed walMaxBytes). Only one checkpoint runs at a time: one that
+ * meets the reader's routine checkpoint gets SQLITE_BUSY at once, and the WAL would stay past the
+ * bound until the next commit. It tries again for up to about 20 ms (the reader's copy takes a few).
+ */
+function truncateWal (db: Database.Database): Checkpointed {
+  let r = walCheckpoint(db, 'TRUNCATE')
+  for (let i = 1; i < TRUNCATE_TRIES && r.log === -1; i++) {
+    Atomics.wait(pause, 0, 0, TRUNCATE_RETRY_MS)
+    r = walCheckpoint(db, 'TRUNCATE')
+  }
+  return r
+}
+
 function configure (db: Database.Database, readonly: boolean): void {
   if (!readonly) db.pragma('journal_mode = WAL')
   // better-sqlite3 is built with SQLITE_DEFAULT_WAL_SYNCHRONOUS=1: a connection that opens a file
@@ -790,7 +809,7 @@ class Writer {
     }
     // The routine PASSIVE checkpoint runs on the reader's connection (Store.maintain), so copying the
     // WAL back never holds up a commit; here only a WAL past walMaxBytes is truncated.
-    const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? walCheckpoint(this.db, 'TRUNCATE') : null
+    const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? truncateWal(this.db) : null
     const oldest = [...this.uplinks].map(([slot, u]) => ({
       slot,
       ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
@@ -826,7 +845,7 @@ class Writer {
     const limit = this.quota?.walMaxBytes
     const wal = this.walBytes()
     if (limit === undefined || wal <= limit) return wal
-    walCheckpoint(this.db, 'TRUNCATE')
+    truncateWal(this.db)
     return this.walBytes()
   }
 
