@@ -713,6 +713,25 @@ let tcJsonData = false
 /** The time entry's time stamp in ms, as timeEntryEnd found it. */
 let tcEntryMs = 0
 
+/** Where the varint readVarint read ends. */
+let varintEnd = 0
+
+/** The varint at `at` (at most 8 bytes, before `end`; varintEnd set to its end), or -1 when there is none. */
+function readVarint (buf: Buffer, at: number, end: number): number {
+  let n = 0
+  let mul = 1
+  for (let i = 0; i < 8 && at < end; i++) {
+    const b = buf[at++]!
+    n += (b & 0x7f) * mul
+    if (b < 0x80) {
+      varintEnd = at
+      return n
+    }
+    mul *= 128
+  }
+  return -1
+}
+
 function sameBytes (a: Buffer, aStart: number, b: Buffer, bStart: number, len: number): boolean {
   for (let i = 0; i < len; i++) if (a[aStart + i] !== b[bStart + i]) return false
   return true
@@ -743,15 +762,9 @@ function timeEntryEnd (buf: Buffer, at: number, end: number): number {
     // Seconds, then nanos, each once (protobufjs' order; anything else is left to the full path).
     if (t !== field && !(t === TAG_NANOS && field === TAG_SECONDS)) return -1
     field = t + 8
-    let n = 0
-    let mul = 1
-    for (let i = 0; ; i++) {
-      if (i === 8 || at >= entryEnd) return -1
-      const b = buf[at++]!
-      n += (b & 0x7f) * mul
-      if (b < 0x80) break
-      mul *= 128
-    }
+    const n = readVarint(buf, at, entryEnd)
+    if (n < 0) return -1
+    at = varintEnd
     if (t === TAG_SECONDS) seconds = n
     else nanos = n
   }
@@ -772,17 +785,11 @@ function transcodeByTemplate (out: JsonOut, buf: Buffer, storeIdJson: Buffer, se
   let dataKind = 0
   let dataS = 0
   if (at < end) {
-    const tag = buf[at++]!
+    const tag = buf[at]!
     if (tag !== TAG_TEXT_DATA && tag !== TAG_BINARY_DATA) return false
-    let len = 0
-    let mul = 1
-    for (let i = 0; ; i++) {
-      if (i === 8 || at >= end) return false
-      const b = buf[at++]!
-      len += (b & 0x7f) * mul
-      if (b < 0x80) break
-      mul *= 128
-    }
+    const len = readVarint(buf, at + 1, end)
+    if (len < 0) return false
+    at = varintEnd
     if (at + len !== end) return false
     dataKind = tag >> 3
     dataS = at

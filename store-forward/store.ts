@@ -273,7 +273,6 @@ export class Store extends EventEmitter<StoreEvents> {
       throw err
     }
     this.reader = reader
-    this.readerUsedAt = Date.now()
     return reader
   }
 
