@@ -10,6 +10,8 @@ import { repoRoot, tempDir, hasCommand } from '../helpers/util.js'
 import { baseConfig, spawnGateway, writeConfig } from '../helpers/gateway.js'
 import { renderSvg } from '../../scripts/bench/svg.js'
 import { payloadTemplate, stampsIn, writeStamp, summarize } from '../../scripts/bench/stats.js'
+import { cpuCapacity } from '../../scripts/bench/sys.js'
+import os from 'node:os'
 import type { LoadgenResult } from '../../scripts/bench/loadgen.js'
 
 const benchDir = path.join(repoRoot, 'dist', 'scripts', 'bench')
@@ -166,5 +168,14 @@ test('the SVG writer produces well-formed SVG with one line per series', () => {
     const r = spawnSync('python3', ['-c', 'import sys, xml.dom.minidom as m; d = m.parseString(sys.stdin.read()); print(d.documentElement.tagName)'], { input: svg, encoding: 'utf8' })
     assert.equal(r.status, 0, r.stderr)
     assert.equal(r.stdout.trim(), 'svg')
+  }
+})
+
+test('the CPU probe reports the cores spinning threads got: more than none, at most the machine has', async () => {
+  for (const threads of [1, 2]) {
+    const cores = await cpuCapacity(threads, 200)
+    assert.ok(cores > 0, `${threads} spinning thread(s) got some CPU (${cores})`)
+    // A little over the thread count at most: worker start-up is counted in the CPU, not in the spin.
+    assert.ok(cores <= Math.min(threads, os.cpus().length) * 1.1 + 0.05, `${threads} spinning thread(s) got at most their share (${cores})`)
   }
 })
