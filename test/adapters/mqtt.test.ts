@@ -273,6 +273,49 @@ test('the mqtt-packet version is the one patches/ was written for, and its debug
   }
 })
 
+test('bl (mqtt-packet\'s buffer list) is the version patches/ was written for, and its in-place reads give what a copy would', () => {
+  const dir = path.join(repoRoot, 'node_modules', 'bl')
+  const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
+  const patches = fs.readdirSync(path.join(repoRoot, 'patches')).filter(f => f.startsWith('bl+'))
+  assert.deepEqual(patches, [`bl+${version}.patch`], 'update or drop patches/bl+*.patch when bl changes')
+  assert.match(fs.readFileSync(path.join(dir, 'BufferList.js'), 'utf8'), /gridgate patch/)
+  interface BufferList {
+    append (b: Buffer): void
+    length: number
+    slice (start?: number, end?: number): Buffer
+    toString (encoding?: BufferEncoding, start?: number, end?: number): string
+    [read: string]: unknown
+  }
+  const BL = createRequire(createRequire(import.meta.url).resolve('mqtt-packet'))('bl').BufferList as new () => BufferList
+  // Every read at every offset of a list cut into pieces of 1..9 bytes (so reads fall inside the
+  // first piece, across pieces and past the end) gives what it gives on the joined bytes.
+  let seed = 7
+  const rand = (n: number): number => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n }
+  const bytes = Buffer.from(Array.from({ length: 64 }, () => rand(256)))
+  bytes.write('topic/ü/€', 20, 'utf8')
+  const list = new BL()
+  for (let at = 0; at < bytes.length;) {
+    const n = 1 + rand(9)
+    list.append(bytes.subarray(at, at + n))
+    at += n
+  }
+  const outcome = (f: () => unknown): unknown => { try { return f() } catch (err) { return (err as Error).constructor.name } }
+  const reads = ['readUInt8', 'readInt8', 'readUInt16BE', 'readUInt16LE', 'readInt16BE', 'readUInt32BE', 'readInt32LE', 'readFloatBE', 'readDoubleLE', 'readBigUInt64BE']
+  for (let offset = 0; offset <= bytes.length; offset++) {
+    for (const m of reads) {
+      const want = outcome(() => (bytes as unknown as Record<string, (o: number) => unknown>)[m]!(offset))
+      assert.deepEqual(outcome(() => (list[m] as (o: number) => unknown)(offset)), want, `${m}(${offset})`)
+    }
+    for (const end of [offset, offset + 1, offset + 3, offset + 11, bytes.length]) {
+      if (end > bytes.length) continue
+      assert.deepEqual(list.slice(offset, end), bytes.subarray(offset, end), `slice(${offset}, ${end})`)
+      assert.equal(list.toString('utf8', offset, end), bytes.toString('utf8', offset, end), `toString(${offset}, ${end})`)
+    }
+  }
+  assert.deepEqual(list.slice(), bytes)
+  assert.equal(list.toString('hex'), bytes.toString('hex'))
+})
+
 test('the broker writes PUBACKs without mqtt-packet\'s 65,536-entry packet-identifier table (6.7 MiB of heap, a 100 ms pause at the first connection)', async (t) => {
   const numbers = createRequire(import.meta.url)('mqtt-packet/numbers.js') as { cache: Record<number, Buffer> }
   const { port, rx } = await setup(t)
