@@ -47,6 +47,10 @@ interface QueuedPacket {
 
 type AnyPacket = QueuedPacket & Record<string, unknown>
 
+/** Answers shared by every publish that no session's queue wants (aedes only reads them). */
+const NO_SUBSCRIPTIONS: Promise<Array<{ clientId: string, topic: string, qos: number }>> = Promise.resolve(Object.freeze([]) as unknown as [])
+const DONE: Promise<void> = Promise.resolve()
+
 function copyPacket (p: AnyPacket): QueuedPacket {
   const q: QueuedPacket = {
     cmd: p.cmd ?? 'publish',
@@ -110,6 +114,12 @@ export class BrokerPersistence extends MemoryPersistence {
   /** QoS 2 publishes received and not yet released (PUBREL), per client and packet id. */
   private readonly incoming = new Map<string, Map<number, QueuedPacket>>()
   private queued = 0
+  /**
+   * Sessions that have stored a QoS 1/2 subscription and not ended (a superset of those the parent's
+   * topic index holds: an unsubscribe leaves its session here). While it is empty no publish can go
+   * to any session's queue, and the topic match aedes runs for every QoS 1/2 publish is skipped.
+   */
+  private readonly subscribedSessions = new Set<string>()
 
   constructor (private readonly o: BrokerPersistenceOptions) {
     super()
@@ -220,8 +230,21 @@ export class BrokerPersistence extends MemoryPersistence {
     this.enqueue(sub.clientId, packet)
   }
 
-  override async outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
+  override addSubscriptions (client: Client, subs: Array<{ topic: string, qos: number }>): Promise<void> {
+    // Before the parent indexes them (synchronously, within this call): no publish can find the index
+    // holding a subscription while subscriptionsByTopic still takes the shortcut.
+    if (subs.some(s => s.qos > 0)) this.subscribedSessions.add(client.id)
+    return super.addSubscriptions(client, subs)
+  }
+
+  override subscriptionsByTopic (topic: string): Promise<Array<{ clientId: string, topic: string, qos: number }>> {
+    return this.subscribedSessions.size === 0 ? NO_SUBSCRIPTIONS : super.subscriptionsByTopic(topic)
+  }
+
+  override outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
+    if (subs.length === 0) return DONE
     for (const sub of subs) this.enqueue(sub.clientId, packet)
+    return DONE
   }
 
   private enqueue (clientId: string, packet: AnyPacket): void {
@@ -283,6 +306,7 @@ export class BrokerPersistence extends MemoryPersistence {
   /** Ends a session: its subscriptions (parent), its whole queue and its unreleased QoS 2 packets. */
   override async cleanSubscriptions (client: Client): Promise<void> {
     await super.cleanSubscriptions(client)
+    this.subscribedSessions.delete(client.id)
     const queue = this.outgoing.get(client.id)
     if (queue !== undefined) {
       this.queued -= queue.length

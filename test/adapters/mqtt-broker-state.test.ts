@@ -5,6 +5,7 @@ import assert from 'node:assert/strict'
 import path from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
+import { setTimeout as sleep } from 'node:timers/promises'
 import mqtt, { type MqttClient, type IClientPublishOptions, type IPublishPacket, type IClientOptions } from 'mqtt'
 import { tempDir, waitFor, hasCommand } from '../helpers/util.js'
 import { startReceiver } from '../helpers/receiver.js'
@@ -199,6 +200,45 @@ test('an offline queue keeps the newest mqtt.maxOfflineMessages messages and cou
     assert.deepEqual(got, ['m2', 'm3', 'm4'], `${name}: the oldest two were dropped`)
     await end(client)
   }
+})
+
+test('offline queues take publishes as persistent sessions come and go (the topic match is skipped only while none has a subscription)', async (t) => {
+  const { port, admin } = await setup(t)
+  const queued = (): Promise<number> => metric(admin, 'gridgate_mqtt_queued_messages')
+  const dev = await connect(t, port, { ...sensor, clientId: 'dev' })
+  await publish(dev, 'devices/sensor-1/seq', 'before', { qos: 1 })
+  assert.equal(await queued(), 0, 'no session: nothing queued')
+
+  const a = await connectSession(t, port, { ...controller, clientId: 'qa' })
+  await subscribe(a.client, 'devices/sensor-1/#')
+  await end(a.client)
+  await publish(dev, 'devices/sensor-1/seq', 'a1', { qos: 1 })
+  await publish(dev, 'devices/sensor-1/other', 'a2', { qos: 1 })
+  assert.equal(await queued(), 2, 'the first persistent session queues both')
+  const a2 = await connectSession(t, port, { ...controller, clientId: 'qa' })
+  await waitFor(() => a2.got.length >= 2, 'the queued messages')
+  assert.deepEqual(a2.got, ['a1', 'a2'])
+  // The session unsubscribes: nothing more is queued for it.
+  await new Promise<void>((resolve, reject) => a2.client.unsubscribe('devices/sensor-1/#', (err) => err ? reject(err) : resolve()))
+  await end(a2.client)
+  await publish(dev, 'devices/sensor-1/seq', 'after-unsubscribe', { qos: 1 })
+  assert.equal(await queued(), 0)
+
+  // A clean connection ends the session: no session is left, and a new one queues again.
+  const clean = await connectSession(t, port, { ...controller, clientId: 'qa', clean: true })
+  await end(clean.client)
+  await publish(dev, 'devices/sensor-1/seq', 'no-session', { qos: 1 })
+  assert.equal(await queued(), 0)
+  const b = await connectSession(t, port, { ...controller, clientId: 'qb', protocolVersion: 5, properties: { sessionExpiryInterval: 600 } })
+  await subscribe(b.client, 'devices/sensor-1/seq')
+  await end(b.client)
+  await publish(dev, 'devices/sensor-1/seq', 'b1', { qos: 1 })
+  await publish(dev, 'devices/sensor-1/other', 'not-for-b', { qos: 1 })
+  assert.equal(await queued(), 1)
+  const b2 = await connectSession(t, port, { ...controller, clientId: 'qb', protocolVersion: 5, properties: { sessionExpiryInterval: 600 } })
+  await waitFor(() => b2.got.length >= 1, 'b\'s queued message')
+  await sleep(100)
+  assert.deepEqual(b2.got, ['b1'])
 })
 
 test('a persistent session ends after mqtt.sessionExpiry: 3.1.1 and MQTT 5 (which may not ask for more)', async (t) => {
