@@ -149,7 +149,7 @@ export class Ingest {
         this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
         return { eventId: r.eventId, seq: r.seq, duplicate: true }
       }
-      this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'stored' })
+      this.o.metrics.countStored(msg.protocol)
       return { eventId, seq: r.seq, duplicate: false }
     }
     const failed = (err: unknown): never => {

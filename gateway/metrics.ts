@@ -54,14 +54,28 @@ export class Metrics {
   readonly mqttRetainedRefused: Counter
   readonly mqttOfflineDropped: Counter
   readonly mqttSessionsEnded: Counter<'reason'>
+  /** Stored messages per protocol since the last collection (the hot path's count: no label hashing). */
+  private readonly storedSince = new Map<Protocol, number>()
   private mqttSource: () => MqttGaugeSource | null = () => null
   private storeSource: () => StoreGaugeSource | null = () => null
   private uplinkSources: () => UplinkGaugeSource[] = () => []
 
+  /** gridgate_ingress_total{outcome="stored"} + 1, added to the counter when it is read. */
+  countStored (protocol: Protocol): void {
+    this.storedSince.set(protocol, (this.storedSince.get(protocol) ?? 0) + 1)
+  }
+
   constructor () {
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry, prefix: 'gridgate_' })
-    this.ingress = new Counter({ name: 'gridgate_ingress_total', help: 'Device messages by protocol and outcome (stored, duplicate, refused, failed, local).', labelNames: ['protocol', 'outcome'], registers })
+    const stored = this.storedSince
+    this.ingress = new Counter({
+      name: 'gridgate_ingress_total', help: 'Device messages by protocol and outcome (stored, duplicate, refused, failed, local).', labelNames: ['protocol', 'outcome'], registers,
+      collect () {
+        for (const [protocol, n] of stored) if (n > 0) this.inc({ protocol, outcome: 'stored' }, n)
+        stored.clear()
+      },
+    })
     this.authFailures = new Counter({ name: 'gridgate_auth_failures_total', help: 'Failed device authentications.', labelNames: ['protocol'], registers })
     this.normalizeFailures = new Counter({ name: 'gridgate_normalize_failures_total', help: 'Payloads kept as raw bytes because they did not parse as their declared type.', labelNames: ['protocol'], registers })
     this.dedupHits = new Counter({ name: 'gridgate_dedup_hits_total', help: 'Device retransmissions answered with the original outcome instead of being stored again.', labelNames: ['protocol'], registers })
