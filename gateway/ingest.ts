@@ -1,5 +1,5 @@
 // The one path every device message takes: decode → identify → map → stamp → append.
-// Everything before store.append() is synchronous, so within one device connection the order of
+// Everything before store.appendWith() is synchronous, so within one device connection the order of
 // arrival is the order of the log (DESIGN.md promise 3).
 import crypto from 'node:crypto'
 import type { Clock, IdGenerator } from './clock.js'
@@ -47,6 +47,9 @@ export interface IngestResult {
   seq: number
   duplicate: boolean
 }
+
+/** Answers one message: an error (nothing stored), or the stored event. */
+export type IngestCallback = (err: Error | null, result?: IngestResult) => void
 
 export interface IngestOptions {
   gatewayId: string
@@ -111,8 +114,16 @@ export class Ingest {
 
   constructor (private readonly o: IngestOptions) {}
 
-  /** Throws GG_ERR_PAYLOAD_INVALID synchronously-rejected when the payload is refused; nothing is stored then. */
+  /** Rejects with GG_ERR_PAYLOAD_INVALID when the payload is refused; nothing is stored then. */
   ingest (msg: IngestMessage): Promise<IngestResult> {
+    return new Promise((resolve, reject) => this.ingestWith(msg, (err, result) => { if (err === null) resolve(result!); else reject(err) }))
+  }
+
+  /**
+   * ingest() with a callback, for the devices' hot path (no promise per message). `done` is called
+   * exactly once; for a refused payload before this returns, else once the event is committed.
+   */
+  ingestWith (msg: IngestMessage, done: IngestCallback): void {
     // A retry that arrives while its original's commit is in progress needs nothing here (DESIGN.md
     // "Deduplication at ingest"): it is queued behind the original, and the writer, which commits in
     // order, finds the original's dedup entry (in the same transaction or an earlier one) and answers
@@ -126,7 +137,8 @@ export class Ingest {
       decoded = this.decode(msg, rule, nowMs)
     } catch (err) {
       this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'refused' })
-      return Promise.reject(err)
+      done(err as Error)
+      return
     }
     if (decoded.normalizeerror !== undefined) this.o.metrics.normalizeFailures.inc({ protocol: msg.protocol })
     const event = this.stamp(msg, decoded, nowMs, rule)
@@ -143,23 +155,32 @@ export class Ingest {
     }
     // Only the id outlives this call: the event object dies young, the stored bytes carry the rest.
     const eventId = event.id
-    const stored = (r: AppendResult): IngestResult => {
-      if (r.duplicate) {
-        this.o.metrics.dedupHits.inc({ protocol: msg.protocol })
-        this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'duplicate' })
-        return { eventId: r.eventId, seq: r.seq, duplicate: true }
+    this.o.store.appendWith(item, (err, r) => {
+      if (err === null) {
+        done(null, this.stored(msg.protocol, eventId, r!))
+      } else if (msg.fullWaitMs !== undefined && msg.fullWaitMs > 0 && err instanceof StoreFullError) {
+        this.waitForSpace(err, item, msg, Date.now() + msg.fullWaitMs).then(
+          (again) => done(null, this.stored(msg.protocol, eventId, again)),
+          (last: unknown) => this.failed(msg.protocol, last as Error, done))
+      } else {
+        this.failed(msg.protocol, err, done)
       }
-      this.o.metrics.countStored(msg.protocol)
-      return { eventId, seq: r.seq, duplicate: false }
+    })
+  }
+
+  private stored (protocol: Protocol, eventId: string, r: AppendResult): IngestResult {
+    if (r.duplicate) {
+      this.o.metrics.dedupHits.inc({ protocol })
+      this.o.metrics.ingress.inc({ protocol, outcome: 'duplicate' })
+      return { eventId: r.eventId, seq: r.seq, duplicate: true }
     }
-    const failed = (err: unknown): never => {
-      this.o.metrics.ingress.inc({ protocol: msg.protocol, outcome: 'failed' })
-      throw err
-    }
-    const first = this.o.store.append(item)
-    return msg.fullWaitMs === undefined || msg.fullWaitMs <= 0
-      ? first.then(stored, failed)
-      : first.then(stored, (err: unknown) => this.waitForSpace(err, item, msg, Date.now() + msg.fullWaitMs!).then(stored, failed))
+    this.o.metrics.countStored(protocol)
+    return { eventId, seq: r.seq, duplicate: false }
+  }
+
+  private failed (protocol: Protocol, err: Error, done: IngestCallback): void {
+    this.o.metrics.ingress.inc({ protocol, outcome: 'failed' })
+    done(err)
   }
 
   /** Retries an append refused for a full store each time the store reports space, until the deadline. */

@@ -67,7 +67,22 @@ export class StoreFullError extends GridgateError {
   }
 }
 
-interface Pending { item: AppendItem, resolve: (r: AppendResult) => void, reject: (e: Error) => void }
+/** Answers one append: an error (nothing stored), or where it was stored. */
+export type AppendCallback = (err: Error | null, result?: AppendResult) => void
+
+interface Pending { item: AppendItem, done: AppendCallback }
+
+/**
+ * Calls an append's callback. A callback that throws is a bug in its caller: it surfaces as an
+ * uncaught exception, as a throwing promise continuation would, without stopping the other answers.
+ */
+function answer (p: Pending, err: Error | null, result?: AppendResult): void {
+  try {
+    p.done(err, result)
+  } catch (thrown) {
+    queueMicrotask(() => { throw thrown })
+  }
+}
 
 /** What the in-memory tail of newest events holds at most (store-forward/tail.ts). */
 const TAIL_LIMITS = { rows: 8192, bytes: 4 * 1024 * 1024 }
@@ -354,16 +369,26 @@ export class Store extends EventEmitter<StoreEvents> {
   private failQueued (err: Error): void {
     const q = this.queue
     this.queue = []
-    for (const p of q) p.reject(err)
+    for (const p of q) answer(p, err)
   }
 
   /** Resolves once the event is committed (or recognised as a duplicate within the dedup window). */
   append (item: AppendItem): Promise<AppendResult> {
-    if (!this._ready) return Promise.reject(new GridgateError('GG_ERR_STORE_UNAVAILABLE'))
-    return new Promise((resolve, reject) => {
-      this.queue.push({ item, resolve, reject })
-      this.schedule()
-    })
+    return new Promise((resolve, reject) => this.appendWith(item, (err, result) => { if (err === null) resolve(result!); else reject(err) }))
+  }
+
+  /**
+   * append() with a callback, for the devices' hot path (no promise per message). `done` is called
+   * exactly once and never before this returns.
+   */
+  appendWith (item: AppendItem, done: AppendCallback): void {
+    if (!this._ready) {
+      const err = new GridgateError('GG_ERR_STORE_UNAVAILABLE')
+      queueMicrotask(() => done(err))
+      return
+    }
+    this.queue.push({ item, done })
+    this.schedule()
   }
 
   /**
@@ -458,21 +483,12 @@ export class Store extends EventEmitter<StoreEvents> {
       this.emit('committed', performance.now() - sentAt)
       let last = this.lastSeq
       const fresh: TailRow[] = []
-      let dup = 0
       for (let i = 0; i < batch.length; i++) {
         const seq = seqs[i]!
+        if (seq === REFUSED_FULL) continue
         const p = batch[i]!
-        if (seq === REFUSED_FULL) {
-          p.reject(new StoreFullError())
-          continue
-        }
-        if (dup < duplicates.length && duplicates[dup]![0] === i) {
-          p.resolve({ seq, duplicate: true, eventId: duplicates[dup++]![1] })
-          continue
-        }
         last = Math.max(last, seq)
         fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes })
-        p.resolve({ seq, duplicate: false })
       }
       this.applyState(state)
       for (const w of waiters) w.resolve()
@@ -482,11 +498,21 @@ export class Store extends EventEmitter<StoreEvents> {
         this.lastSeq = last
         this.emit('appended', last)
       }
+      // The next commit is handed to the writer before the answers run: acknowledging a batch's
+      // devices takes the main thread a while, and the writer need not wait for it.
       this.flush()
+      let dup = 0
+      for (let i = 0; i < batch.length; i++) {
+        const seq = seqs[i]!
+        const p = batch[i]!
+        if (seq === REFUSED_FULL) answer(p, new StoreFullError())
+        else if (dup < duplicates.length && duplicates[dup]![0] === i) answer(p, null, { seq, duplicate: true, eventId: duplicates[dup++]![1] })
+        else answer(p, null, { seq, duplicate: false })
+      }
     }, (err: Error & { code?: string }) => {
       const wrapped = err instanceof GridgateError ? err : new GridgateError(commitErrorCode(err.code), err.message, { cause: err })
       this.emit('commitFailed', wrapped.code)
-      for (const p of batch) p.reject(wrapped)
+      for (const p of batch) answer(p, wrapped)
       // A retained write is answered like an append: its publish is not acknowledged, the device resends.
       for (const r of retained) r.reject(wrapped)
       // Cursor moves and dead letters are not the devices' data: keep them for the next commit.

@@ -315,7 +315,9 @@ export class MqttAdapter implements DeviceAdapter {
     const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
     const props = (packet as { properties?: { contentType?: string, userProperties?: Record<string, string | string[]> } }).properties
     const traceparent = props?.userProperties?.traceparent
-    const p = this.o.ingest.ingest({
+    // Counted before ingestWith, which answers a refused payload before it returns.
+    this.inflight.begin()
+    this.o.ingest.ingestWith({
       deviceId: device.id,
       protocol: 'mqtt',
       topic,
@@ -331,18 +333,18 @@ export class MqttAdapter implements DeviceAdapter {
       // store.rejectWait, then the connection is closed without it. MQTT 5 answers 0x97 at once.
       fullWaitMs: !v5 && packet.qos > 0 ? (this.o.rejectWaitMs ?? 10_000) : 0,
       abandoned: () => (client as unknown as { closed?: boolean }).closed === true,
-    })
-    this.inflight.begin()
-    p.then(() => {
-      // A retained message is committed after its event: a refused event changes no retained state.
-      if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
-      // Its write begins before this publish ends: stop() never sees nothing under way in between.
-      try {
-        this.retainThenAck(packet, done)
-      } finally {
-        this.inflight.end()
+    }, (err) => {
+      if (err === null) {
+        // A retained message is committed after its event: a refused event changes no retained state.
+        if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
+        // Its write begins before this publish ends: stop() never sees nothing under way in between.
+        try {
+          this.retainThenAck(packet, done)
+        } finally {
+          this.inflight.end()
+        }
+        return
       }
-    }, (err: unknown) => {
       this.inflight.end()
       if (!isGridgateError(err)) this.o.log.error({ err }, 'unexpected ingest failure')
       if (packet.qos === 0 && isGridgateError(err, 'GG_ERR_STORE_FULL')) {
