@@ -8,7 +8,6 @@ declare module 'aedes-persistence/asyncPersistence.js' {
     storeRetained (packet: unknown): Promise<void>
     createRetainedStreamCombi (patterns: string[]): Readable
     addSubscriptions (client: { id: string }, subs: Array<{ topic: string, qos: number }>): Promise<void>
-    subscriptionsByTopic (topic: string): Promise<Array<{ clientId: string, topic: string, qos: number }>>
     cleanSubscriptions (client: { id: string }): Promise<void>
     outgoingEnqueue (sub: { clientId: string }, packet: unknown): Promise<void>
     outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: unknown): Promise<void>

@@ -255,12 +255,13 @@ test('a payload that is not JSON is kept as data_base64, and MQTT 5 refuses one 
   void gw
 })
 
-test('the aedes version is the one patches/ was written for, and the reason-code patch is applied', () => {
+test('the aedes version is the one patches/ was written for, and its reason-code and offline-queue patches are applied', () => {
   const dir = path.join(repoRoot, 'node_modules', 'aedes')
   const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
   const patches = fs.readdirSync(path.join(repoRoot, 'patches')).filter(f => f.startsWith('aedes+'))
   assert.deepEqual(patches, [`aedes+${version}.patch`], 'update or drop patches/aedes+*.patch when aedes changes')
   assert.match(fs.readFileSync(path.join(dir, 'lib', 'handlers', 'publish.js'), 'utf8'), /gridgate patch/)
+  assert.match(fs.readFileSync(path.join(dir, 'aedes.js'), 'utf8'), /gridgate patch[\s\S]*hasPersistentSubscriptions\?\.\(\) !== false/)
 })
 
 test('the mqtt-packet version is the one patches/ was written for, and its debug calls are no-ops unless enabled', () => {
