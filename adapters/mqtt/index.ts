@@ -69,6 +69,8 @@ const STATE_LOG_INTERVAL = 60_000
 
 interface Session {
   device: DeviceRecord
+  /** Whether the connection is gone (for a publish waiting for store space); one closure per connection. */
+  abandoned: () => boolean
   /** Counted as an open connection of its device in presence (from clientReady to clientDisconnect). */
   online?: boolean
 }
@@ -247,7 +249,7 @@ export class MqttAdapter implements DeviceAdapter {
     const c = client as unknown as { id: string, _assignedClientId?: string }
     c.id = brokerClientId(device.id, c.id)
     if (c._assignedClientId !== undefined) c._assignedClientId = c.id
-    this.sessions.set(client, { device })
+    this.sessions.set(client, { device, abandoned: () => (client as unknown as { closed?: boolean }).closed === true })
     if (device !== this.anonymous) this.o.presence?.seen(device.id, 'mqtt')
   }
 
@@ -332,7 +334,7 @@ export class MqttAdapter implements DeviceAdapter {
       // MQTT 3.1.1 cannot refuse one publish: while the store is full the ack is withheld up to
       // store.rejectWait, then the connection is closed without it. MQTT 5 answers 0x97 at once.
       fullWaitMs: !v5 && packet.qos > 0 ? (this.o.rejectWaitMs ?? 10_000) : 0,
-      abandoned: () => (client as unknown as { closed?: boolean }).closed === true,
+      abandoned: session.abandoned,
     }, (err) => {
       if (err === null) {
         // A retained message is committed after its event: a refused event changes no retained state.
