@@ -483,9 +483,11 @@ export class Store extends EventEmitter<StoreEvents> {
       this.emit('committed', performance.now() - sentAt)
       let last = this.lastSeq
       const fresh: TailRow[] = []
-      for (let i = 0; i < batch.length; i++) {
+      // Refused appends and duplicates (answered with their original's sequence) are not new rows.
+      for (let i = 0, dup = 0; i < batch.length; i++) {
         const seq = seqs[i]!
         if (seq === REFUSED_FULL) continue
+        if (dup < duplicates.length && duplicates[dup]![0] === i) { dup++; continue }
         const p = batch[i]!
         last = Math.max(last, seq)
         fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes })

@@ -156,6 +156,21 @@ test('a dedup key answers a retransmission with the original outcome, also after
   assert.equal((await s2.stats()).events, 1)
 })
 
+test('a retry committed together with its original is answered with the original and is no new row for the uplinks', async (t) => {
+  const s = await open(t, tempDir(t))
+  const key = new Uint8Array(12).fill(3)
+  // The first append's commit is under way, so the next two are queued into one commit together.
+  const filler = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('filler'), eventId: 'id-0' })
+  const original = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('original'), eventId: 'id-1', dedupKey: key, dedupCheck: true })
+  const retry = s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('retry'), eventId: 'id-2', dedupKey: key, dedupCheck: true })
+  const [f, o, r] = await Promise.all([filler, original, retry])
+  assert.equal(o.duplicate, false)
+  assert.deepEqual(r, { seq: o.seq, duplicate: true, eventId: 'id-1' })
+  const rows = await s.readPage(0, 0, 10, 1 << 20)
+  assert.deepEqual(rows.map(x => [x.seq, Buffer.from(x.body).toString()]), [[f.seq, 'filler'], [o.seq, 'original']])
+  assert.equal((await s.stats()).events, 2)
+})
+
 test('murmur3 is MurmurHash3 x86_32 (SMHasher\'s reference values)', () => {
   const text = (s: string): Uint8Array => new TextEncoder().encode(s)
   assert.equal(murmur3(text(''), 0), 0)
