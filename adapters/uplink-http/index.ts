@@ -1,10 +1,13 @@
 // HTTP uplink: POSTs a batch as application/cloudevents-batch+json (structured events) and maps the
 // response to an outcome class. Retrying, bisecting and cursor moves belong to the forwarder.
-// Requests go through undici's own client (not the global fetch) so that a custom CA and a client
-// certificate (mTLS) can be given per uplink, with a keep-alive connection pool per endpoint.
+// Requests go through node:http/node:https with a keep-alive Agent per endpoint (not the global
+// fetch), so that a custom CA and a client certificate (mTLS) can be given per uplink. Node's own
+// client keeps an idle gateway small: undici, its fetch and its WebAssembly parser are not loaded.
+import http from 'node:http'
+import https from 'node:https'
+import { finished } from 'node:stream/promises'
 import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
-import { Agent, request, type Dispatcher } from 'undici'
 import { decodeEvent, jsonStoreId, JsonOut, JSON_BYTES_PER_EVENT, writeStoredJson } from '../../gateway/event.js'
 import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
 
@@ -35,6 +38,10 @@ export const BATCH_CONTENT_TYPE = 'application/cloudevents-batch+json'
 const MAX_RETRY_AFTER = 3_600_000
 /** Bodies smaller than this are sent uncompressed even with gzip on: the header costs more. */
 const GZIP_MIN_BYTES = 256
+/** An idle keep-alive connection is closed after this long (or sooner when the server's Keep-Alive header says so). */
+const KEEP_ALIVE_IDLE_MS = 30_000
+/** How much of an error response's body is kept for the outcome's reason (which shows 200 characters). */
+const ERROR_BODY_BYTES = 4096
 
 /** Parses Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). */
 export function parseRetryAfter (value: string | null, now = Date.now()): number | undefined {
@@ -61,18 +68,35 @@ export function classifyStatus (status: number, reason: string, retryAfterMs: nu
   return { kind: 'rejected', reason, status }
 }
 
-async function shortBody (body: Dispatcher.ResponseData['body']): Promise<string> {
+/** The start of an error response's body, read to its end so that the connection can be reused. */
+async function shortBody (res: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = []
+  let kept = 0
   try {
-    const text = await body.text()
-    return text.length > 200 ? `${text.slice(0, 200)}…` : text
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      if (kept >= ERROR_BODY_BYTES) continue
+      chunks.push(chunk)
+      kept += chunk.byteLength
+    }
   } catch {
-    return ''
+    // The body broke off or outlasted the deadline: the status already decided.
   }
+  const text = Buffer.concat(chunks).toString('utf8')
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text
 }
 
-function header (headers: Dispatcher.ResponseData['headers'], name: string): string | null {
+function header (headers: http.IncomingHttpHeaders, name: string): string | null {
   const v = headers[name]
   return v === undefined ? null : Array.isArray(v) ? (v[0] ?? null) : v
+}
+
+/** Sends one request; resolves with the response once its headers arrived. */
+function post (target: URL, agent: http.Agent, headers: Record<string, string | number>, body: Buffer, signal: AbortSignal): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = (target.protocol === 'https:' ? https : http).request(target, { method: 'POST', headers, agent, signal }, resolve)
+    req.on('error', reject)
+    req.end(body)
+  })
 }
 
 interface Body { bytes: Buffer, gzipped: boolean }
@@ -90,17 +114,16 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
   }
   if (opts.bearerToken !== undefined) baseHeaders.authorization = `Bearer ${opts.bearerToken}`
   const tls = opts.tls ?? {}
-  const agent = new Agent({
-    connect: {
-      ...(tls.ca === undefined ? {} : { ca: tls.ca }),
-      ...(tls.cert === undefined ? {} : { cert: tls.cert }),
-      ...(tls.key === undefined ? {} : { key: tls.key }),
-    },
-    keepAliveTimeout: 30_000,
-    // The per-request deadline is the AbortSignal below; these only must not cut in first.
-    headersTimeout: 0,
-    bodyTimeout: 0,
-  })
+  const agentOptions: https.AgentOptions = {
+    keepAlive: true,
+    // Applies to idle connections only (the agent closes them); a request's deadline is the timer below.
+    timeout: KEEP_ALIVE_IDLE_MS,
+    scheduling: 'lifo',
+    ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+    ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+    ...(tls.key === undefined ? {} : { key: tls.key }),
+  }
+  const agent = target.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions)
 
   const render = async (batch: SinkBatch): Promise<Body> => {
     let json: Buffer
@@ -136,7 +159,7 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       const last = batch.events[batch.events.length - 1]
       if (first === undefined || last === undefined) return { kind: 'delivered' }
       const body = await prepared(batch, render)
-      const headers: Record<string, string> = { ...baseHeaders, 'idempotency-key': `${batch.storeId}:${first.seq}-${last.seq}` }
+      const headers: Record<string, string | number> = { ...baseHeaders, 'idempotency-key': `${batch.storeId}:${first.seq}-${last.seq}`, 'content-length': body.bytes.byteLength }
       if (body.gzipped) headers['content-encoding'] = 'gzip'
       // The deadline is a timer this call holds, not AbortSignal.any([signal, AbortSignal.timeout()]):
       // on Node 20 the timeout signal inside a composite can be garbage-collected before it fires
@@ -149,17 +172,19 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       if (signal.aborted) onStop()
       else signal.addEventListener('abort', onStop, { once: true })
       try {
-        const res = await request(target, { method: 'POST', headers, body: body.bytes, dispatcher: agent, signal: deadline.signal })
-        const status = res.statusCode
+        const res = await post(target, agent, headers, body.bytes, deadline.signal)
+        const status = res.statusCode ?? 0
         const ok = status >= 200 && status < 300
         let reason = ''
         // The status decides: a 2xx whose body breaks off (or outlasts the deadline) was accepted.
-        if (ok) await res.body.dump().catch(() => undefined)
-        else reason = `HTTP ${status} ${await shortBody(res.body)}`.trim()
+        if (ok) await finished(res.resume()).catch(() => undefined)
+        else reason = `HTTP ${status} ${await shortBody(res)}`.trim()
         return classifyStatus(status, reason, parseRetryAfter(header(res.headers, 'retry-after')))
       } catch (err) {
-        const e = err as Error & { code?: string, cause?: { code?: string } }
-        const reason = timedOut ? `timeout after ${opts.timeoutMs} ms` : (e.cause?.code ?? e.code ?? e.message)
+        const e = err as Error & { code?: unknown, cause?: { code?: unknown } }
+        // A DOMException's code is a number (an abort's is 20): the reason takes the first string code.
+        const code = [e.cause?.code, e.code].find((c): c is string => typeof c === 'string')
+        const reason = timedOut ? `timeout after ${opts.timeoutMs} ms` : (code ?? e.message)
         return { kind: 'retry', reason }
       } finally {
         clearTimeout(timer)
@@ -168,7 +193,7 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
     },
     async close () {
       // Called once the forwarder has stopped: nothing is in flight, idle sockets go at once.
-      await agent.destroy().catch(() => {})
+      agent.destroy()
     },
   }
 }

@@ -1,6 +1,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import { classifyStatus, parseRetryAfter, createHttpSink } from '../../adapters/uplink-http/index.js'
@@ -83,4 +85,60 @@ test('a 429 with Retry-After is waited out before the batch is sent again', asyn
   await waitFor(() => rx.events.length === 1, 'delivered after the 429')
   // The configured retry.maxDelay is 200 ms; only Retry-After explains a wait of about a second.
   assert.ok(answered[1]! - answered[0]! >= 900, `waited ${answered[1]! - answered[0]!} ms`)
+})
+
+test('consecutive batches share one keep-alive connection; an error answer gives its status and the start of its body', async (t) => {
+  const ports: number[] = []
+  const answers = [200, 204, 503, 200]
+  const server = http.createServer((req, res) => {
+    ports.push(req.socket.remotePort!)
+    req.resume()
+    req.on('end', () => {
+      const status = answers[ports.length - 1] ?? 200
+      res.writeHead(status, { 'content-type': 'text/plain' }).end(status === 503 ? `overloaded ${'x'.repeat(300)}` : 'ok')
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.after(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  const sink = createHttpSink({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, timeoutMs: 2000 })
+  t.after(() => sink.close())
+  const body = encodeEvent({ id: 'a', source: '/s', type: 't', subject: 'devices/d/x', time: new Date().toISOString(), extensions: {} })
+  const outcomes = []
+  for (let seq = 1; seq <= 4; seq++) outcomes.push(await sink.send({ storeId: 'store', events: [{ seq, ingestMs: Date.now(), body }] }, new AbortController().signal))
+  assert.deepEqual(outcomes.map(o => o.kind), ['delivered', 'delivered', 'retry', 'delivered'])
+  const failed = outcomes[2] as { reason: string, status: number }
+  assert.equal(failed.status, 503)
+  assert.match(failed.reason, /^HTTP 503 overloaded x+…$/)
+  assert.equal(failed.reason.length, 'HTTP 503 '.length + 201)
+  assert.equal(new Set(ports).size, 1, `requests came over ${new Set(ports).size} connections`)
+})
+
+test('a connection the receiver drops is a retry, and the next batch opens a new one', async (t) => {
+  const rx = await startReceiver(t)
+  let n = 0
+  rx.respond = () => (++n === 1 ? 'drop' : { status: 200 })
+  const sink = createHttpSink({ url: rx.url, timeoutMs: 2000 })
+  t.after(() => sink.close())
+  const body = encodeEvent({ id: 'a', source: '/s', type: 't', subject: 'devices/d/x', time: new Date().toISOString(), extensions: {} })
+  const first = await sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, new AbortController().signal)
+  assert.equal(first.kind, 'retry')
+  assert.match((first as { reason: string }).reason, /ECONNRESET|socket hang up/)
+  const second = await sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, new AbortController().signal)
+  assert.equal(second.kind, 'delivered')
+  assert.equal(rx.events.length, 1)
+})
+
+test('a send stopped by its caller gives up at once, without waiting for the timeout', async (t) => {
+  const rx = await startReceiver(t)
+  rx.respond = () => 'hang'
+  const sink = createHttpSink({ url: rx.url, timeoutMs: 10_000 })
+  t.after(() => sink.close())
+  const body = encodeEvent({ id: 'a', source: '/s', type: 't', subject: 'devices/d/x', time: new Date().toISOString(), extensions: {} })
+  const stop = new AbortController()
+  setTimeout(() => stop.abort(), 100)
+  const started = Date.now()
+  const outcome = await sink.send({ storeId: 'store', events: [{ seq: 1, ingestMs: Date.now(), body }] }, stop.signal)
+  assert.equal(outcome.kind, 'retry')
+  assert.equal((outcome as { reason: string }).reason, 'ABORT_ERR')
+  assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`)
 })
