@@ -1,5 +1,6 @@
 // Admin API on a loopback port: health, readiness, Prometheus metrics and the uplinks' state.
 import Fastify, { type FastifyInstance } from 'fastify'
+import { noSchemaCompilers } from './no-schemas.js'
 import type { Store } from '../store-forward/store.js'
 import type { Forwarder } from '../store-forward/forwarder.js'
 import type { Metrics } from './metrics.js'
@@ -60,7 +61,7 @@ export function uplinkReport (store: Store, forwarders: ReadonlyMap<string, Forw
 }
 
 export function createAdmin (deps: AdminDeps): FastifyInstance {
-  const app = Fastify({ logger: false })
+  const app = Fastify({ logger: false, schemaController: noSchemaCompilers })
   app.setErrorHandler((err: Error & { statusCode?: number, code?: string, details?: readonly string[] }, _req, reply) => {
     const status = err.statusCode ?? 500
     void reply.code(status).send({ code: err.code ?? 'GG_ERR_INTERNAL', message: err.message, ...(err.details !== undefined && err.details.length > 0 ? { details: err.details } : {}) })

@@ -10,6 +10,7 @@ import type { IncomingMessage } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import { noSchemaCompilers } from '../../gateway/no-schemas.js'
 import type { Logger } from 'pino'
 import { ErrorCodes, GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
 import { isCommandTopic, type DeviceRecord } from '../../gateway/identity.js'
@@ -93,6 +94,7 @@ export class HttpAdapter {
     const o = this.o
     const options: Record<string, unknown> = {
       logger: false,
+      schemaController: noSchemaCompilers,
       bodyLimit: o.maxBodySize,
       exposeHeadRoutes: false,
       // Requests that arrive while stopping are answered below in our shape, not fastify's.
