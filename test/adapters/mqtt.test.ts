@@ -255,13 +255,13 @@ test('a payload that is not JSON is kept as data_base64, and MQTT 5 refuses one 
   void gw
 })
 
-test('the aedes version is the one patches/ was written for, and its reason-code and offline-queue patches are applied', () => {
+test('the aedes version is the one patches/ was written for, and its reason-code, offline-queue and emit patches are applied', () => {
   const dir = path.join(repoRoot, 'node_modules', 'aedes')
   const version = (JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version
   const patches = fs.readdirSync(path.join(repoRoot, 'patches')).filter(f => f.startsWith('aedes+'))
   assert.deepEqual(patches, [`aedes+${version}.patch`], 'update or drop patches/aedes+*.patch when aedes changes')
   assert.match(fs.readFileSync(path.join(dir, 'lib', 'handlers', 'publish.js'), 'utf8'), /gridgate patch/)
-  assert.match(fs.readFileSync(path.join(dir, 'aedes.js'), 'utf8'), /gridgate patch[\s\S]*hasPersistentSubscriptions\?\.\(\) !== false/)
+  assert.match(fs.readFileSync(path.join(dir, 'aedes.js'), 'utf8'), /gridgate patch[\s\S]*hasPersistentSubscriptions\?\.\(\) !== false[\s\S]*mayHaveSubscribers\(this\.mq, p\.topic\)/)
 })
 
 test('the mqtt-packet version is the one patches/ was written for, and its debug calls are no-ops unless enabled', () => {
@@ -271,6 +271,65 @@ test('the mqtt-packet version is the one patches/ was written for, and its debug
   assert.deepEqual(patches, [`mqtt-packet+${version}.patch`], 'update or drop patches/mqtt-packet+*.patch when mqtt-packet changes')
   for (const file of ['parser.js', 'writeToStream.js']) {
     assert.match(fs.readFileSync(path.join(dir, file), 'utf8'), /gridgate patch[\s\S]*const debug = debugLog\.enabled \? debugLog : function \(\) \{\}/, file)
+  }
+})
+
+test('aedes emits a publish to every subscription that can take it (first-level wildcards too) and skips the emit only while none can', async () => {
+  const { Aedes } = await import('aedes')
+  const broker = await Aedes.createBroker()
+  try {
+    const publish = (topic: string): Promise<void> => new Promise((resolve, reject) =>
+      broker.publish({ cmd: 'publish', topic, payload: Buffer.from(topic), qos: 1, retain: false, dup: false } as never, (err?: Error) => err ? reject(err) : resolve()))
+    const on = (filter: string, got: string[]) => {
+      const fn = (packet: { topic: string }, cb: () => void): void => { got.push(packet.topic); cb() }
+      return {
+        sub: () => new Promise<void>((resolve) => broker.subscribe(filter, fn as never, () => resolve())),
+        unsub: () => new Promise<void>((resolve) => broker.unsubscribe(filter, fn as never, () => resolve())),
+      }
+    }
+    // Emits reaching the emitter (patches/aedes+2.0.0-beta.1.patch skips them when nothing can match).
+    const mq = (broker as unknown as { mq: { emit: (...a: unknown[]) => unknown } }).mq
+    let emits = 0
+    const emit = mq.emit.bind(mq)
+    mq.emit = (...a: unknown[]) => { emits++; return emit(...a) }
+    const all: string[] = []
+    const plus: string[] = []
+    const exact: string[] = []
+    const sysGot: string[] = []
+    const hash = on('#', all)
+    const plusSub = on('+/b/c', plus)
+    const exactSub = on('a/b/c', exact)
+    const sys = on('$SYS/+/gridgate-test', sysGot)
+    await publish('a/b/c')
+    assert.deepEqual([all, plus, exact], [[], [], []], 'no subscription: nothing delivered')
+    assert.equal(emits, 0, 'and nothing emitted (aedes\' own $SYS listeners cannot take it)')
+    await sys.sub()
+    await publish('a/b/c')
+    assert.equal(emits, 0)
+    await publish(`$SYS/${broker.id}/gridgate-test`)
+    assert.deepEqual([all, sysGot.length, emits], [[], 1, 1], 'a $SYS topic is always emitted')
+    await hash.sub()
+    await plusSub.sub()
+    await publish('a/b/c')
+    await publish('x/b/c')
+    assert.deepEqual([all, plus, emits], [['a/b/c', 'x/b/c'], ['a/b/c', 'x/b/c'], 3])
+    await hash.unsub()
+    await publish('x/b/c')
+    assert.deepEqual([all.length, plus], [2, ['a/b/c', 'x/b/c', 'x/b/c']], '+/b/c alone still takes it')
+    await plusSub.unsub()
+    await exactSub.sub()
+    await publish('a/b/c')
+    await publish('x/b/c')
+    assert.deepEqual([plus.length, exact], [3, ['a/b/c']])
+    await exactSub.unsub()
+    const before = emits
+    await publish('a/b/c')
+    assert.deepEqual([all.length, plus.length, exact.length, emits - before], [2, 3, 1, 0], 'all gone: nothing delivered, nothing emitted')
+    await hash.sub()
+    await publish('q')
+    assert.deepEqual(all.slice(2), ['q'], 'a new subscription takes publishes again')
+  } finally {
+    await new Promise<void>((resolve) => broker.close(() => resolve()))
   }
 })
 
