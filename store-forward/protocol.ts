@@ -12,21 +12,39 @@ const SEED_B = 0x5bd1e995
 /** What stores wrote before: the first 8 bytes of the payload's SHA-256. */
 const LEGACY_FINGERPRINT_BYTES = 8
 
+/** The two results of murmur3Pair (no array per call). */
+const lanes = new Uint32Array(2)
+
+function fmix32 (h: number): number {
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
+}
+
 /**
- * MurmurHash3 x86_32 (Austin Appleby's reference, as in SMHasher). Written out here: the npm ports
- * measured 0.9-1 µs for two 200-byte hashes (their multiply is emulated), this 0.26 µs.
+ * MurmurHash3 x86_32 of `p` with two seeds in one pass over the bytes (the block mixing of a byte
+ * does not depend on the seed), into `lanes`. Written out here: the npm ports measured 0.9-1 µs for
+ * two 200-byte hashes (their multiply is emulated); two separate passes 0.5-0.6 µs, this 0.27-0.46.
  */
-export function murmur3 (p: Uint8Array, seed: number): number {
-  let h = seed >>> 0
+function murmur3Pair (p: Uint8Array, seedA: number, seedB: number): void {
+  let a = seedA | 0
+  let b = seedB | 0
   const whole = p.length & ~3
   let i = 0
   for (; i < whole; i += 4) {
     let k = p[i]! | (p[i + 1]! << 8) | (p[i + 2]! << 16) | (p[i + 3]! << 24)
     k = Math.imul(k, 0xcc9e2d51)
     k = (k << 15) | (k >>> 17)
-    h ^= Math.imul(k, 0x1b873593)
-    h = (h << 13) | (h >>> 19)
-    h = (Math.imul(h, 5) + 0xe6546b64) | 0
+    k = Math.imul(k, 0x1b873593)
+    a ^= k
+    a = (a << 13) | (a >>> 19)
+    a = (Math.imul(a, 5) + 0xe6546b64) | 0
+    b ^= k
+    b = (b << 13) | (b >>> 19)
+    b = (Math.imul(b, 5) + 0xe6546b64) | 0
   }
   const rest = p.length & 3
   if (rest > 0) {
@@ -35,15 +53,18 @@ export function murmur3 (p: Uint8Array, seed: number): number {
     if (rest > 2) k ^= p[i + 2]! << 16
     k = Math.imul(k, 0xcc9e2d51)
     k = (k << 15) | (k >>> 17)
-    h ^= Math.imul(k, 0x1b873593)
+    k = Math.imul(k, 0x1b873593)
+    a ^= k
+    b ^= k
   }
-  h ^= p.length
-  h ^= h >>> 16
-  h = Math.imul(h, 0x85ebca6b)
-  h ^= h >>> 13
-  h = Math.imul(h, 0xc2b2ae35)
-  h ^= h >>> 16
-  return h >>> 0
+  lanes[0] = fmix32(a ^ p.length)
+  lanes[1] = fmix32(b ^ p.length)
+}
+
+/** MurmurHash3 x86_32 (Austin Appleby's reference, as in SMHasher). */
+export function murmur3 (p: Uint8Array, seed: number): number {
+  murmur3Pair(p, seed, seed)
+  return lanes[0]!
 }
 
 /**
@@ -55,8 +76,9 @@ export function murmur3 (p: Uint8Array, seed: number): number {
  */
 export function payloadFingerprint (payload: Uint8Array): Uint8Array {
   const fp = Buffer.allocUnsafe(FINGERPRINT_BYTES)
-  fp.writeUInt32BE(murmur3(payload, SEED_A), 0)
-  fp.writeUInt32BE(murmur3(payload, SEED_B), 4)
+  murmur3Pair(payload, SEED_A, SEED_B)
+  fp.writeUInt32BE(lanes[0]!, 0)
+  fp.writeUInt32BE(lanes[1]!, 4)
   fp.writeUInt32BE(payload.byteLength >>> 0, 8)
   return fp
 }

@@ -184,6 +184,20 @@ test('murmur3 is MurmurHash3 x86_32 (SMHasher\'s reference values)', () => {
   assert.equal(seen.size, 8)
 })
 
+test('a payload fingerprint is the same bytes as stores already keep (both hashes in one pass give what two passes gave)', () => {
+  const text = (s: string): Uint8Array => new TextEncoder().encode(s)
+  // Written by the two-pass version: a stored key's fingerprint must still match its retransmission.
+  const kept: Array<[string, string]> = [['', 'ebb6c228d9aaf7d300000000'], ['a', '7fa09ea6c795411c00000001'],
+    ['{"t":19.5}', '69b1b47b4da2ea8f0000000a'], ['x'.repeat(203), '701161641da26e6f000000cb']]
+  for (const [payload, hex] of kept) assert.equal(Buffer.from(payloadFingerprint(text(payload))).toString('hex'), hex, JSON.stringify(payload.slice(0, 12)))
+  // Each half is murmur3 with its own seed, at every tail length.
+  const bytes = Uint8Array.from({ length: 70 }, (_, i) => (i * 151 + 7) & 255)
+  for (let n = 0; n <= bytes.length; n++) {
+    const fp = Buffer.from(payloadFingerprint(bytes.subarray(0, n)))
+    assert.deepEqual([fp.readUInt32BE(0), fp.readUInt32BE(4), fp.readUInt32BE(8)], [murmur3(bytes.subarray(0, n), 0x9747b28c), murmur3(bytes.subarray(0, n), 0x5bd1e995), n])
+  }
+})
+
 test('an entry fingerprinted by an earlier version (SHA-256) still answers its retransmission', async (t) => {
   const dir = tempDir(t)
   const key = new Uint8Array(12).fill(9)
