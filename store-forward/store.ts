@@ -223,10 +223,13 @@ export class Store extends EventEmitter<StoreEvents> {
         const u = this.uplinkBySlot(o.slot)
         if (u !== undefined) u.oldestMs = o.ingestMs
       }
+      this.diskFree = r.diskFree
+      // Applied as the writer's answer arrives: while the checkpoint below runs (starting the reader
+      // thread first, maybe), later writer answers (a commit, a dead-letter purge) bring newer state
+      // that this one must not overwrite.
+      this.applyState(r.state)
       // A truncation by the writer (WAL past walMaxBytes), else the routine one on the reader.
       this.lastCheckpoint = r.checkpoint ?? await this.checkpoint(r.state.changes)
-      this.diskFree = r.diskFree
-      this.applyState(r.state)
       this.stopIdleReader()
       // Cursor moves and dead letters may be waiting for a commit that nothing else triggers.
       this.schedule()

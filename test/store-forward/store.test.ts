@@ -171,6 +171,21 @@ test('a retry committed together with its original is answered with the original
   assert.equal((await s.stats()).events, 2)
 })
 
+test('a maintenance round does not undo a dead-letter purge answered while its checkpoint ran', async (t) => {
+  const s = await open(t, tempDir(t))
+  for (let round = 0; round < 3; round++) {
+    await s.deadLetter({ uplink: 'a', seq: round + 1, ingestMs: Date.now(), reason: 'rejected', status: 400, body: body('poison') })
+    assert.equal(s.uplinks.get('a')!.deadLetters, 1)
+    // The dead letter changed the store: this round checkpoints on the reader thread, which it may
+    // have to start first. The purge is answered by the writer meanwhile.
+    const maintained = s.maintain()
+    const purged = await s.purgeDeadLetters(null)
+    await maintained
+    assert.equal(purged.purged, 1)
+    assert.equal(s.uplinks.get('a')!.deadLetters, 0, `round ${round}: the purge's count stands`)
+  }
+})
+
 test('murmur3 is MurmurHash3 x86_32 (SMHasher\'s reference values)', () => {
   const text = (s: string): Uint8Array => new TextEncoder().encode(s)
   assert.equal(murmur3(text(''), 0), 0)
