@@ -486,14 +486,21 @@ export class Store extends EventEmitter<StoreEvents> {
       this.emit('committed', performance.now() - sentAt)
       let last = this.lastSeq
       const fresh: TailRow[] = []
-      // Refused appends and duplicates (answered with their original's sequence) are not new rows.
+      // Each append's answer: refused (the store is full), a duplicate (its original's sequence), or
+      // a new row, which alone goes to the tail.
+      const answers = new Array<Error | AppendResult>(batch.length)
       for (let i = 0, dup = 0; i < batch.length; i++) {
         const seq = seqs[i]!
-        if (seq === REFUSED_FULL) continue
-        if (dup < duplicates.length && duplicates[dup]![0] === i) { dup++; continue }
-        const p = batch[i]!
-        last = Math.max(last, seq)
-        fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes })
+        if (seq === REFUSED_FULL) {
+          answers[i] = new StoreFullError()
+        } else if (dup < duplicates.length && duplicates[dup]![0] === i) {
+          answers[i] = { seq, duplicate: true, eventId: duplicates[dup++]![1] }
+        } else {
+          const p = batch[i]!
+          answers[i] = { seq, duplicate: false }
+          last = Math.max(last, seq)
+          fresh.push({ seq, ingestMs: p.item.ingestMs, body: p.item.body, routes: p.item.routes })
+        }
       }
       this.applyState(state)
       for (const w of waiters) w.resolve()
@@ -506,13 +513,10 @@ export class Store extends EventEmitter<StoreEvents> {
       // The next commit is handed to the writer before the answers run: acknowledging a batch's
       // devices takes the main thread a while, and the writer need not wait for it.
       this.flush()
-      let dup = 0
       for (let i = 0; i < batch.length; i++) {
-        const seq = seqs[i]!
-        const p = batch[i]!
-        if (seq === REFUSED_FULL) answer(p, new StoreFullError())
-        else if (dup < duplicates.length && duplicates[dup]![0] === i) answer(p, null, { seq, duplicate: true, eventId: duplicates[dup++]![1] })
-        else answer(p, null, { seq, duplicate: false })
+        const a = answers[i]!
+        if (a instanceof Error) answer(batch[i]!, a)
+        else answer(batch[i]!, null, a)
       }
     }, (err: Error & { code?: string }) => {
       const wrapped = err instanceof GridgateError ? err : new GridgateError(commitErrorCode(err.code), err.message, { cause: err })

@@ -244,7 +244,6 @@ export class BrokerPersistence extends MemoryPersistence {
   }
 
   override outgoingEnqueueCombi (subs: Array<{ clientId: string }>, packet: AnyPacket): Promise<void> {
-    if (subs.length === 0) return DONE
     for (const sub of subs) this.enqueue(sub.clientId, packet)
     return DONE
   }
