@@ -9,6 +9,7 @@ import { GridgateError } from '../gateway/errors.js'
 import { protobufProblems } from '../gateway/rules.js'
 import { configSchema, leafMeta, shown, type Config, type LeafMeta } from './schema.js'
 import { formatDuration, formatSize } from './units.js'
+import { deepFreeze } from './freeze.js'
 
 export interface LoadOptions {
   path?: string | undefined
@@ -348,12 +349,4 @@ function setIn (root: unknown, path: Path, value: unknown): boolean {
     node = obj[key]
   }
   return false
-}
-
-function deepFreeze<T> (value: T): T {
-  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
-    for (const v of Object.values(value)) deepFreeze(v)
-    Object.freeze(value)
-  }
-  return value
 }

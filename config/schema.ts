@@ -8,6 +8,7 @@
 import { hostname } from 'node:os'
 import { z } from 'zod'
 import { parseDuration, parseSize } from './units.js'
+import { topicFilterProblem } from './topics.js'
 import { ruleProblems } from '../gateway/rules.js'
 
 // Marks leaves that need more than their value to be printed (units) or must not be printed at all,
@@ -159,20 +160,6 @@ const adminSchema = z.strictObject({
 const authSchema = z.strictObject({
   allowAnonymous: z.boolean().default(false),
 })
-
-export function topicFilterProblem (filter: string): string | undefined {
-  if (filter === '') return 'a topic filter must not be empty' // [MQTT-4.7.3-1]
-  if (filter.includes('\u0000')) return 'a topic filter must not contain U+0000' // [MQTT-4.7.3-2]
-  if (Buffer.byteLength(filter) > 65_535) return 'a topic filter must not exceed 65535 bytes' // [MQTT-4.7.3-3]
-  const levels = filter.split('/')
-  for (const [i, level] of levels.entries()) {
-    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) {
-      return "'#' must be alone in the last level" // [MQTT-4.7.1-2]
-    }
-    if (level.includes('+') && level !== '+') return "'+' must be alone in its level" // [MQTT-4.7.1-3]
-  }
-  return undefined
-}
 
 const topicFilter = z.string().check((ctx) => {
   const problem = topicFilterProblem(ctx.value)

@@ -4,12 +4,11 @@ import { parseArgs } from 'node:util'
 import { readFileSync } from 'node:fs'
 import { isSea, getAsset } from 'node:sea'
 import { pino } from 'pino'
-import { loadConfig, renderConfig } from '../config/load.js'
+import { loadConfigIsolated } from '../config/isolated.js'
 import { GridgateError, isGridgateError } from './errors.js'
 import { generateToken, hashToken } from './identity.js'
 import { Gateway } from './gateway.js'
-import { runDlq } from './dlq.js'
-import { DEVICE_ACTIONS, runDevice, type DeviceAction } from './device-cli.js'
+import type { DeviceAction } from './device-cli.js'
 
 const HELP = `gridgate — edge gateway: MQTT devices in, durable SQLite store, CloudEvents out
 
@@ -99,6 +98,7 @@ async function main (argv: string[]): Promise<void> {
       return run(values.config)
     case 'check-config': {
       if (values.config === undefined) fail(new GridgateError('GG_ERR_USAGE', 'check-config needs --config FILE'), 2)
+      const { loadConfig, renderConfig } = await import('../config/load.js')
       const config = loadConfig({ path: values.config, env: process.env })
       process.stdout.write(renderConfig(config))
       if (config.store.sync === 'normal') {
@@ -124,6 +124,7 @@ async function main (argv: string[]): Promise<void> {
         if (!Number.isSafeInteger(n) || n < 0) fail(new GridgateError('GG_ERR_USAGE', `--${name} needs a non-negative integer, got ${v}`), 2)
         return n
       }
+      const [{ loadConfig }, { runDlq }] = await Promise.all([import('../config/load.js'), import('./dlq.js')])
       const config = loadConfig({ ...(values.config === undefined ? {} : { path: values.config }), env: process.env })
       const { via, result } = await runDlq(config, {
         action,
@@ -137,6 +138,7 @@ async function main (argv: string[]): Promise<void> {
       return
     }
     case 'device': {
+      const [{ loadConfig }, { DEVICE_ACTIONS, runDevice }] = await Promise.all([import('../config/load.js'), import('./device-cli.js')])
       const action = rest[0] as DeviceAction | undefined
       if (action === undefined || !DEVICE_ACTIONS.includes(action)) fail(new GridgateError('GG_ERR_USAGE', `device needs ${DEVICE_ACTIONS.join(', ')}, got ${action ?? 'nothing'}`), 2)
       const id = rest[1]
@@ -168,7 +170,7 @@ function faultsRequested (): boolean {
 }
 
 async function run (configPath: string | undefined): Promise<void> {
-  const config = loadConfig({ ...(configPath === undefined ? {} : { path: configPath }), env: process.env })
+  const config = await loadConfigIsolated({ ...(configPath === undefined ? {} : { path: configPath }), env: process.env })
   const log = pino({ level: config.gateway.logLevel, base: { gatewayId: config.gateway.id } })
   const gateway = new Gateway(config, { log, faults: faultsRequested() })
   let signalled = false

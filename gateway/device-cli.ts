@@ -5,7 +5,8 @@
 import { pino } from 'pino'
 import type { Config } from '../config/schema.js'
 import { generateToken, hashToken } from './identity.js'
-import { DeviceManager, checkDeviceId, parseDeviceInput } from './devices.js'
+import { DeviceManager, checkDeviceId } from './devices.js'
+import { parseDeviceInput } from './device-input.js'
 import { viaGatewayOrStore, type Answer, type Via } from './local-admin.js'
 import type { Store } from '../store-forward/store.js'
 

@@ -12,11 +12,9 @@
 // Presence (last seen, online per protocol) is kept in memory only, per device: updated on successful
 // authentication, on ingest and on connect/disconnect; never written per message, never a metric label.
 import { EventEmitter } from 'node:events'
-import { z } from 'zod'
 import type { Logger } from 'pino'
 import { GridgateError } from './errors.js'
-import { DEVICE_ID, DeviceRegistry, generateToken, hashToken, isValidTokenHash, type DeviceRecord } from './identity.js'
-import { topicFilterProblem } from '../config/schema.js'
+import { DEVICE_ID, DeviceRegistry, generateToken, hashToken, type DeviceRecord } from './identity.js'
 import type { Protocol } from './metrics.js'
 import type { DeviceRow } from '../store-forward/protocol.js'
 
@@ -26,32 +24,6 @@ export const PRESENCE_PROTOCOLS: readonly Protocol[] = ['mqtt', 'coap', 'ws', 'h
 export const ONLINE_WINDOW_MS = 5 * 60 * 1000
 
 // ---- validation -------------------------------------------------------------------------------------
-
-/** A pattern as config devices take it: an MQTT topic filter, optionally negated with a leading '!'. */
-const pattern = z.string().check((ctx) => {
-  const filter = ctx.value.startsWith('!') ? ctx.value.slice(1) : ctx.value
-  const problem = topicFilterProblem(filter)
-  if (problem !== undefined) ctx.issues.push({ code: 'custom', input: ctx.value, message: `invalid MQTT topic filter ${JSON.stringify(ctx.value)}: ${problem}` })
-})
-
-const deviceInput = z.strictObject({
-  id: z.string({ error: 'expected a device id' }).regex(DEVICE_ID, { error: 'expected 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit' }),
-  publish: z.array(pattern).max(64).optional(),
-  subscribe: z.array(pattern).max(64).optional(),
-  enabled: z.boolean().optional(),
-  // Only the hash crosses the admin API when the CLI adds a device: the secret stays in the CLI.
-  tokenHash: z.string().refine(isValidTokenHash, { error: 'expected a PHC scrypt hash (gridgate hash-token)' }).optional(),
-})
-
-export type DeviceInput = z.output<typeof deviceInput>
-
-/** A device to add, checked like a config device; GG_ERR_DEVICE_INVALID lists every problem. */
-export function parseDeviceInput (input: unknown): DeviceInput {
-  const r = deviceInput.safeParse(input)
-  if (r.success) return r.data
-  const details = r.error.issues.map(i => `${i.path.length === 0 ? 'device' : i.path.join('.')}: ${i.message}`)
-  throw new GridgateError('GG_ERR_DEVICE_INVALID', `invalid device: ${details.join('; ')}`, { details })
-}
 
 /** A device id given to enable, disable or remove. */
 export function checkDeviceId (id: unknown): string {
@@ -250,6 +222,8 @@ export class DeviceManager extends EventEmitter<DeviceManagerEvents> {
    * is; without, a secret is generated here and the credential `<id>:<secret>` returned, once.
    */
   async add (input: unknown): Promise<{ device: DeviceView, credential?: string }> {
+    // The schema library is loaded on the first add, not by every gateway (see device-input.ts).
+    const { parseDeviceInput } = await import('./device-input.js')
     const d = parseDeviceInput(input)
     if (this.#config.has(d.id)) throw new GridgateError('GG_ERR_DEVICE_EXISTS', `device ${d.id} is defined in the config file`)
     if (this.#rows.has(d.id)) throw new GridgateError('GG_ERR_DEVICE_EXISTS', `device ${d.id} is already in the registry`)

@@ -136,7 +136,7 @@ function addon (arch: Arch, nodeDir: string): string {
 }
 
 /** One CommonJS bundle per entry; `import.meta.url` becomes the executable's own file URL. */
-async function bundle (): Promise<{ main: string, worker: string }> {
+async function bundle (): Promise<{ main: string, worker: string, configWorker: string }> {
   const common = {
     bundle: true,
     platform: 'node',
@@ -158,7 +158,10 @@ async function bundle (): Promise<{ main: string, worker: string }> {
     banner: { js: 'var __gridgateModuleUrl=require("node:url").pathToFileURL(__filename).href;' },
   })
   await build({ ...common, entryPoints: [path.join(root, 'dist', 'store-forward', 'sqlite-worker.js')], outfile: worker })
-  return { main, worker }
+  // The config loader thread (config/isolated.ts): the YAML parser and the schema library live there.
+  const configWorker = path.join(work, 'config-worker.cjs')
+  await build({ ...common, entryPoints: [path.join(root, 'dist', 'config', 'load-worker.js')], outfile: configWorker })
+  return { main, worker, configWorker }
 }
 
 /** The symbol versions (e.g. GLIBC_2.28) of one library that file needs, oldest first. */
@@ -192,7 +195,7 @@ async function main (): Promise<void> {
   const addons = { x64: addon('x64', nodeDirs.x64), arm64: addon('arm64', nodeDirs.arm64) }
 
   step('bundling with esbuild')
-  const { main, worker } = await bundle()
+  const { main, worker, configWorker } = await bundle()
   const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string, version: string }
   const protoDir = path.join(root, 'gateway', 'proto')
   const protos = fs.readdirSync(protoDir).filter(n => n.endsWith('.proto')).sort()
@@ -204,6 +207,7 @@ async function main (): Promise<void> {
       'package.json': path.join(work, 'package.json'),
       'manifest.json': path.join(work, 'manifest.json'),
       'sqlite-worker.js': worker,
+      'config-worker.js': configWorker,
       'better_sqlite3.node': addons[arch],
     }
     for (const name of protos) assets[`proto/${name}`] = path.join(protoDir, name)

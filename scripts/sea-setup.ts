@@ -3,6 +3,7 @@
 import { getAsset } from 'node:sea'
 import { embedProto } from '../gateway/proto/index.js'
 import { setWorkerRuntime } from '../store-forward/worker-client.js'
+import { setConfigWorkerSource } from '../config/isolated.js'
 import { addonDirs, extractAddon } from './sea-addon.js'
 
 /** Written by scripts/build-binary.ts as the asset 'manifest.json'. */
@@ -14,6 +15,8 @@ export interface SeaManifest {
 
 const manifest = JSON.parse(getAsset('manifest.json', 'utf8')) as SeaManifest
 for (const name of manifest.protos) embedProto(name, getAsset(`proto/${name}`, 'utf8'))
+
+setConfigWorkerSource(getAsset('config-worker.js', 'utf8'))
 
 // The addon is written out only when the first store worker starts, so `--help`, `check-config`
 // and `hash-token` write nothing; every worker thread loads the same file.
