@@ -382,7 +382,11 @@ export class Gateway {
       listeners: this.listeners(),
     }, 'gridgate ready')
     if (c.gateway.gcWhenIdle) {
-      this.heapTrim = new HeapTrim({ log: this.log, onTrim: () => this.metrics.idleCollections.inc() })
+      this.heapTrim = new HeapTrim({
+        log: this.log,
+        onTrim: () => this.metrics.idleCollections.inc(),
+        onMallocTrim: (r) => { if (r.released) this.metrics.idleMallocTrims.inc() },
+      })
       this.heapTrim.start()
     }
   }

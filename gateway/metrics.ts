@@ -44,6 +44,7 @@ export class Metrics {
   readonly uplinkLatency: Histogram<'uplink'>
   readonly deadLetters: Counter<'uplink' | 'reason'>
   readonly idleCollections: Counter
+  readonly idleMallocTrims: Counter
   readonly commits: Counter
   readonly commitSeconds: Histogram
   readonly commitFailures: Counter<'code'>
@@ -86,6 +87,7 @@ export class Metrics {
     this.uplinkLatency = new Histogram({ name: 'gridgate_uplink_send_seconds', help: 'Time per batch send.', labelNames: ['uplink'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
     this.deadLetters = new Counter({ name: 'gridgate_dead_letters_total', help: 'Events moved to an uplink\'s dead letters, by reason.', labelNames: ['uplink', 'reason'], registers })
     this.idleCollections = new Counter({ name: 'gridgate_idle_gc_total', help: 'Full garbage collections run because the gateway was quiet and its heap had grown (gateway.gcWhenIdle).', registers })
+    this.idleMallocTrims = new Counter({ name: 'gridgate_idle_malloc_trim_total', help: 'Times the quiet gateway handed freed C heap memory back to the system (glibc malloc_trim, gateway.gcWhenIdle).', registers })
     this.commitSeconds = new Histogram({ name: 'gridgate_store_commit_seconds', help: 'Store transactions from their hand-over to the writer thread until it answered (the commit and its fsync): a slow disk or SD card shows here before it shows in device acknowledgements.', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers })
     this.commits = new Counter({ name: 'gridgate_store_commits_total', help: 'Store transactions committed.', registers })
     this.commitFailures = new Counter({ name: 'gridgate_store_commit_failures_total', help: 'Store transactions rolled back, by error code.', labelNames: ['code'], registers })

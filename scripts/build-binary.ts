@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url'
 import { createRequire } from 'node:module'
 import { createHash } from 'node:crypto'
 import { build } from 'esbuild'
+import { compileMallocAddon } from './build-native.js'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 const require = createRequire(path.join(root, 'package.json'))
@@ -194,6 +195,14 @@ async function main (): Promise<void> {
   const hostNode = path.join(nodeDirs[HOST], 'bin', 'node')
   const addons = { x64: addon('x64', nodeDirs.x64), arm64: addon('arm64', nodeDirs.arm64) }
 
+  // The malloc_trim addon (gateway/native/malloc.c): Node-API only, so one build per architecture.
+  const mallocAddons = Object.fromEntries(ARCHES.map((arch) => {
+    const file = path.join(work, `gridgate_malloc-linux-${arch}.node`)
+    compileMallocAddon(`${CROSS[arch]}gcc`, file)
+    run(`${CROSS[arch]}strip`, ['--strip-unneeded', file])
+    return [arch, file]
+  })) as Record<Arch, string>
+
   step('bundling with esbuild')
   const { main, worker, configWorker } = await bundle()
   const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { name: string, version: string }
@@ -209,6 +218,7 @@ async function main (): Promise<void> {
       'sqlite-worker.js': worker,
       'config-worker.js': configWorker,
       'better_sqlite3.node': addons[arch],
+      'gridgate_malloc.node': mallocAddons[arch],
     }
     for (const name of protos) assets[`proto/${name}`] = path.join(protoDir, name)
     // The addon as embedded, for scripts/smoke-binary.sh's glibc check.

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { HeapTrim } from '../../gateway/heap-trim.js'
 import { configSchema } from '../../config/schema.js'
+import type { Logger } from 'pino'
 
 /** Keeps the event loop busy for `ms` (what a gateway serving devices looks like to the trim). */
 function spin (ms: number): void {
@@ -50,6 +51,47 @@ test('a busy event loop is never interrupted by a collection', async () => {
   assert.equal(trim.look(), null, 'the first quiet look after busy ones only starts counting')
   await sleep(60)
   assert.notEqual(trim.look(), null)
+})
+
+test('quiet looks hand freed C heap memory back; busy ones do not; without the addon it says why once and stops', async () => {
+  let calls = 0
+  const trim = new HeapTrim({ intervalMs: 1000, quietUtilization: 0.5, quietLooks: 2, minGrowthBytes: 2 ** 40, trimMalloc: () => { calls++; return calls === 1 } })
+  spin(60)
+  trim.look()
+  await sleep(60)
+  trim.look()
+  assert.equal(calls, 0, 'not before two quiet looks')
+  await sleep(60)
+  assert.notEqual(trim.look(), null, 'the start-up collection')
+  assert.equal(calls, 1, 'trimmed after it')
+  assert.equal(trim.lastMallocTrim?.released, true)
+  await sleep(60)
+  trim.look()
+  assert.equal(calls, 1, 'a collection starts the count of quiet looks again')
+  await sleep(60)
+  assert.equal(trim.look(), null, 'no growth: no collection')
+  assert.equal(calls, 2, 'but trimmed all the same')
+  assert.equal(trim.lastMallocTrim?.released, false)
+  await sleep(60)
+  trim.look()
+  assert.equal(calls, 3, 'and on every quiet look after')
+  assert.equal(trim.mallocTrims, 3)
+  spin(60)
+  trim.look()
+  assert.equal(calls, 3, 'a busy look does not trim')
+
+  const logged: Array<[unknown, string]> = []
+  const log = { info: (obj: unknown, msg: string) => logged.push([obj, msg]), debug: () => {} } as unknown as Logger
+  let tries = 0
+  const without = new HeapTrim({ intervalMs: 1000, quietUtilization: 0.5, quietLooks: 1, log, trimMalloc: () => { tries++; return null } })
+  for (let i = 0; i < 3; i++) {
+    await sleep(60)
+    without.look()
+  }
+  assert.equal(tries, 1, 'unavailable: asked once')
+  assert.equal(logged.length, 1)
+  assert.match(logged[0]![1], /malloc_trim unavailable/)
+  assert.equal(without.mallocTrims, 0)
 })
 
 test('gateway.gcWhenIdle is on by default and can be turned off', () => {
