@@ -5,7 +5,7 @@
 // `dlq` and `device` load the config in-process (they exit when done); the running gateway uses this.
 import { Worker } from 'node:worker_threads'
 import { GridgateError, ErrorCodes, type ErrorCode } from '../gateway/errors.js'
-import { deepFreeze } from './freeze.js'
+import { compactArrays, deepFreeze } from './freeze.js'
 import type { LoadOptions } from './load.js'
 import type { Config } from './schema.js'
 
@@ -39,7 +39,7 @@ export function loadConfigIsolated (opts: LoadOptions = {}): Promise<Config> {
     worker.on('message', (m: LoadReply) => { answer = m })
     worker.on('error', (err) => { failure = err })
     worker.on('exit', (code) => {
-      if (answer?.ok === true) resolve(deepFreeze(answer.config))
+      if (answer?.ok === true) resolve(deepFreeze(compactArrays(answer.config)))
       else if (answer !== undefined) reject(rebuild(answer.error))
       else reject(failure ?? new Error(`the config loader thread exited with code ${code} without an answer`))
     })

@@ -266,6 +266,11 @@ function compileAcl (device: DeviceRecord): Acl {
   }
   add(device.publish, acl.publishAllow, acl.publishDeny)
   add(device.subscribe, acl.subscribeAllow, acl.subscribeDeny)
+  // push() leaves room for 16 more entries in each list: 10,000 devices kept about 4.5 MB of it.
+  acl.publishAllow = acl.publishAllow.slice()
+  acl.publishDeny = acl.publishDeny.slice()
+  acl.subscribeAllow = acl.subscribeAllow.slice()
+  acl.subscribeDeny = acl.subscribeDeny.slice()
   return acl
 }
 
