@@ -40,6 +40,8 @@ const faults = init.faults === null ? null : new Int32Array(init.faults)
  * cursor jump (a drained backlog) must not make the next acks wait for one huge delete.
  */
 const DELETE_CHUNK = 4_096
+/** The same bound for a commit that carries devices' events: their acknowledgements wait for its fsync. */
+const DELETE_CHUNK_LIVE = 1_024
 /**
  * Dedup keys a commit looks at for expired ones beyond twice the keys it adds: the sweep passes
  * every key faster than new keys arrive, while no single commit reads or deletes many.
@@ -443,7 +445,7 @@ class Writer {
     this.transaction(() => {
       const s = this.stmts
       for (const a of acks) this.moveCursor(a.slot, a.seq)
-      this.workOffDeletes()
+      this.workOffDeletes(appends.length > 0 ? DELETE_CHUNK_LIVE : DELETE_CHUNK)
       let incoming = 0
       for (const a of appends) incoming += a.body.byteLength + ROW_OVERHEAD
       const admit = this.makeRoom(incoming)
@@ -736,8 +738,7 @@ class Writer {
    * range an uplink just crossed needs looking at. Within (lo, hi], the uplinks still behind a row
    * are those whose cursor is below it; split the range at their cursors so each piece has one mask.
    */
-  private workOffDeletes (): void {
-    let budget = DELETE_CHUNK
+  private workOffDeletes (budget = DELETE_CHUNK): void {
     while (budget > 0 && this.deleteWork.length > 0) {
       const w = this.deleteWork[0]!
       const hi = Math.min(w.hi, w.lo + budget)

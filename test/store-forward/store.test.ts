@@ -89,6 +89,26 @@ test('a row is deleted only when every uplink it is routed to has acknowledged i
   assert.equal((await s.stats()).events, 0)
 })
 
+test('a drained backlog is deleted 1,024 rows per commit that carries devices\' events, 4,096 per commit without', async (t) => {
+  const s = await open(t, tempDir(t), { maintainIntervalMs: 3_600_000 })
+  const a = s.uplinks.get('a')!.slot
+  const append = (i: number): ReturnType<Store['append']> => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })
+  const backlog = await Promise.all(Array.from({ length: 6000 }, (_, i) => append(i)))
+  const last = backlog.at(-1)!.seq
+  assert.equal((await s.stats()).events, 6000)
+  // The cursor jump is queued while x commits, so it rides y's commit.
+  const x = append(6000)
+  const moved = s.ack(a, last, 6000, 6000 * 6)
+  const y = append(6001)
+  await Promise.all([x, y])
+  assert.equal((await s.stats()).events, 6002 - 1024, 'y\'s commit deleted 1,024 drained rows')
+  await moved
+  // A commit of cursors alone (nothing waits for its fsync) takes the larger share.
+  const before = (await s.stats()).events
+  await s.ack(a, (await y).seq - 1, 1, 6)
+  assert.equal((await s.stats()).events, before - 4096)
+})
+
 test('a cursor move rides the next commit of events instead of a commit of its own, and commits alone after a pause', async (t) => {
   const s = await open(t, tempDir(t))
   const a = s.uplinks.get('a')!.slot
