@@ -9,9 +9,9 @@
 // collection (or none has run since start-up, whose garbage is given back once), it runs one. While
 // devices keep the loop busy it never runs: V8 collects as it always does, and no message waits for it.
 //
-// On every look that counts as quiet it also hands the C heap's free memory back to the system (glibc's malloc_trim,
-// gateway/malloc.ts): what threads that came and went (the config loader, the store's reader) and a
-// burst's buffers left in the malloc arenas. An idle gateway: RSS 84.9 → 77.6 MiB. It walks the arenas'
+// On every look that counts as quiet it also hands the C heap's free memory back to the system
+// (glibc's malloc_trim, gateway/malloc.ts): what threads that came and went (the config loader, the
+// store's reader) and a burst's buffers left in the malloc arenas. An idle gateway: RSS 84.9 → 77.6 MiB. It walks the arenas'
 // free lists and costs well under a millisecond when there is nothing to give back.
 import v8 from 'node:v8'
 import vm from 'node:vm'

@@ -1,22 +1,15 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { test, type TestContext } from 'node:test'
+import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import { loadConfigIsolated } from '../../config/isolated.js'
 import { loadConfig } from '../../config/load.js'
 import { GridgateError } from '../../gateway/errors.js'
 import { spawnGatewayProcess } from '../../scripts/gateway-process.js'
+import { repoRoot, tempDir } from '../helpers/util.js'
 
-const repoRoot = fileURLToPath(new URL('../../../', import.meta.url))
 const exampleFile = join(repoRoot, 'config', 'gridgate.example.yaml')
-
-function tempDir (t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'gridgate-isolated-'))
-  t.after(() => rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
 
 function isDeepFrozen (v: unknown): boolean {
   if (typeof v !== 'object' || v === null) return true

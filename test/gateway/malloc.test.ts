@@ -1,20 +1,17 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { isAbsolute } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { mallocTrimUnavailable, trimMalloc } from '../../gateway/malloc.js'
+import { hasCommand } from '../helpers/util.js'
 
 const addon = fileURLToPath(new URL('../../native/gridgate_malloc.node', import.meta.url))
 
 function hasCompiler (): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v "${process.env.CC ?? 'cc'}"`], { stdio: 'ignore' })
-    return true
-  } catch {
-    return false
-  }
+  const cc = process.env.CC ?? 'cc'
+  return isAbsolute(cc) ? existsSync(cc) : hasCommand(cc)
 }
 
 const skip = process.platform !== 'linux'
