@@ -274,7 +274,7 @@ export interface MaintainResult {
   state: WriterState
   /** Ingest time of each uplink's oldest waiting event. */
   oldest: Array<{ slot: number, ingestMs: number | null }>
-  checkpoint: { mode: 'PASSIVE' | 'RESTART' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
+  checkpoint: { mode: 'PASSIVE' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
   diskFree: number | null
 }
 
@@ -393,6 +393,8 @@ export type Request =
   | { op: 'stats' }
   // A PASSIVE WAL checkpoint on the reader's connection.
   | { op: 'checkpoint' }
+  // The writer copies what was committed during the reader's checkpoint, so its next commit rewinds the WAL.
+  | { op: 'catchUpWal' }
   | { op: 'maintain', nowMs: number, steps: ClockStep[] }
   | { op: 'dlqList', uplink: string | null, afterId: number, limit: number }
   | { op: 'dlqReplay', uplink: string | null, ids: number[] | null, ingestMs: number }

@@ -50,6 +50,8 @@ const MAX_APPENDS_PER_COMMIT = 10_000
 const ACK_COMMIT_DELAY_MS = 50
 /** The reader thread stops after this long without a read or a checkpoint to do (see Store.reader). */
 const READER_IDLE_MS = 10_000
+/** WAL frames (pages) below which the routine checkpoint leaves the rest to the next round instead of asking the writer. */
+const CATCH_UP_MIN_FRAMES = 1024
 /** Writer restarts allowed within RESTART_WINDOW before the store gives up. */
 const MAX_RESTARTS = 5
 const RESTART_WINDOW = 60_000
@@ -241,12 +243,15 @@ export class Store extends EventEmitter<StoreEvents> {
   }
 
   /**
-   * The routine PASSIVE checkpoint on the reader; none while the writer has changed nothing since one
-   * that copied the whole WAL (`changes`: the writer's total_changes() before this round).
+   * The routine checkpoint: a PASSIVE copy on the reader, beside the writer, then the writer copies
+   * the frames committed meanwhile (Writer.catchUpWal) so that its next commit rewinds the WAL. None
+   * while the writer has changed nothing since one that copied the whole WAL (`changes`: the writer's
+   * total_changes() before this round).
    */
   private async checkpoint (changes: number): Promise<MaintainResult['checkpoint']> {
     if (changes === this.checkpointedChanges) return this.lastCheckpoint
-    const c = await this.readerRequest<NonNullable<MaintainResult['checkpoint']>>({ op: 'checkpoint' })
+    let c = await this.readerRequest<NonNullable<MaintainResult['checkpoint']>>({ op: 'checkpoint' })
+    if (c.busy === 0 && c.log >= CATCH_UP_MIN_FRAMES) c = await this.writer.request<NonNullable<MaintainResult['checkpoint']>>({ op: 'catchUpWal' })
     if (c.busy === 0 && c.log >= 0 && c.checkpointed === c.log) this.checkpointedChanges = changes
     return c
   }
