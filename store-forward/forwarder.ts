@@ -12,6 +12,7 @@ import type { Logger } from 'pino'
 import type { Metrics } from '../gateway/metrics.js'
 import type { Sink, SinkBatch, SinkEvent, SendOutcome, EndpointReport } from './sink.js'
 import type { Store } from './store.js'
+import { bodySize } from './protocol.js'
 
 export interface ForwarderOptions {
   name: string
@@ -193,7 +194,7 @@ export class Forwarder {
       : this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then(rows => ({ rows, json: null }))
     const p = read.then(({ rows, json }) => {
       let bytes = 0
-      for (const r of rows) bytes += r.body.byteLength
+      for (const r of rows) bytes += bodySize(r)
       const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows, ...(json === null ? {} : { json }) }
       // Full: at the event limit, or one more row of average size would pass the byte limit.
       const full = rows.length >= this.o.batchMaxEvents || (rows.length > 0 && bytes + bytes / rows.length > this.o.batchMaxBytes)
@@ -298,7 +299,7 @@ export class Forwarder {
   private advance (rows: readonly SinkEvent[]): void {
     const last = rows[rows.length - 1]!
     let bytes = 0
-    for (const r of rows) bytes += r.body.byteLength
+    for (const r of rows) bytes += bodySize(r)
     this.position = Math.max(this.position, last.seq)
     this.o.metrics.uplinkEvents.inc({ uplink: this.o.name }, rows.length)
     // The cursor move is durable with the next commit; a lost move only means a resend.
@@ -310,7 +311,7 @@ export class Forwarder {
     this.o.metrics.deadLetters.inc({ uplink: this.o.name, reason })
     this.o.store.deadLetter({ uplink: this.o.name, seq: row.seq, ingestMs: row.ingestMs, reason: `${reason}: ${detail}`, status, body: row.body }).catch(() => {})
     this.position = Math.max(this.position, row.seq)
-    this.o.store.ack(this.o.slot, row.seq, 1, row.body.byteLength).catch(() => {})
+    this.o.store.ack(this.o.slot, row.seq, 1, bodySize(row)).catch(() => {})
   }
 
   /** Sleeps for ms, or until new events arrive and `until` (if given) holds, or until stop. */

@@ -5,7 +5,7 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import { pino } from 'pino'
 import { Store, STORE_FILE, type StoreOptions } from '../../store-forward/store.js'
-import { SCHEMA_VERSION, murmur3, packAppends, payloadFingerprint, unpackAppends } from '../../store-forward/protocol.js'
+import { PackedRow, SCHEMA_VERSION, bodySize, murmur3, packAppends, packRows, payloadFingerprint, unpackAppends, unpackRows } from '../../store-forward/protocol.js'
 import { createHash } from 'node:crypto'
 import { isGridgateError } from '../../gateway/errors.js'
 import protobuf from 'protobufjs'
@@ -309,6 +309,20 @@ test('packed appends carry a payload to fingerprint apart from a fingerprint', (
     { ingestMs: 2, routes: 1, body: [...body('b')], eventId: 'b', dedupKey: [3], dedupCheck: false, dedupFp: [5, 5, 5, 5, 5, 5, 5, 5], dedupPayload: undefined },
     { ingestMs: 3, routes: 1, body: [...body('c')], eventId: 'c', dedupKey: undefined, dedupFp: undefined, dedupPayload: undefined },
   ])
+})
+
+test('packed rows come back with their sequence, time and size; each body a view into the one buffer, made once when read', () => {
+  const rows = [{ seq: 7, ingestMs: 100, body: body('first') }, { seq: 9, ingestMs: 101, body: body('') }, { seq: 12, ingestMs: 102, body: body('third!') }]
+  const packed = packRows(rows)
+  const back = unpackRows(packed)
+  assert.deepEqual(back.map(r => [r.seq, r.ingestMs, bodySize(r)]), [[7, 100, 5], [9, 101, 0], [12, 102, 6]])
+  assert.ok(back.every(r => r instanceof PackedRow))
+  // The size needs no view; the body is one, into the transferred buffer (no copy), the same object each time.
+  assert.deepEqual(back.map(r => Buffer.from(r.body).toString()), ['first', '', 'third!'])
+  assert.ok(back.every(r => r.body.buffer === packed.data.buffer))
+  assert.equal(back[2]!.body, back[2]!.body)
+  // Rows that are not packed (the in-memory tail's) are measured by their body.
+  assert.equal(bodySize({ seq: 1, ingestMs: 1, body: body('four') }), 4)
 })
 
 test('pages served from the in-memory tail equal the pages SQLite returns, for every uplink, offset and limit', async (t) => {
