@@ -852,7 +852,9 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
   const s4 = ok(results.drain)
   if (s4 !== undefined) {
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
-    row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p99 during drain ${String((s4.livePubackMsDuringDrain as Percentiles | undefined)?.p99)} ms`)
+    const live = s4.livePubackMsDuringDrain as Percentiles | undefined
+    row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p50/p99 during drain ${String(live?.p50)} / ${String(live?.p99)} ms`)
+    if (s4.receiverCpuMicrosPerEvent !== undefined) row('  receiver CPU (its own process)', `${String(s4.receiverCpuSecondsDuringDrain)} s`, `${String(s4.receiverCpuMicrosPerEvent)} µs/event`)
     if (s4.slowCommitsDuringDrain !== undefined) row('  store commits during the drain', slowCommits(s4.slowCommitsDuringDrain as Record<string, number> | null))
     row('  gateway RSS MiB', `empty store ${String(s4.emptyStoreRssMiB)}`, `with the backlog ${String(r?.afterBacklog)}`, `drain peak ${String(r?.peakDuringDrain)}`, `after the drain ${String(r?.end)}`)
     row('  settled RSS MiB (target: backlog within 20 of empty)', `empty store ${String(r?.emptyStoreSettled)}`, `with the backlog ${String(r?.backlogSettled)}`, `restarted on the backlog ${String(r?.backlogSettledAfterRestart)}`)
