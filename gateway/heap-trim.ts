@@ -9,6 +9,16 @@
 // collection (or none has run since start-up, whose garbage is given back once), it runs one. While
 // devices keep the loop busy it never runs: V8 collects as it always does, and no message waits for it.
 //
+// The heap V8 holds can grow without the heap in use growing: a burst of ingest (a backlog of 1M
+// events at 25k msgs/s, say) takes the young generation from 1 to its 32 MiB limit, and V8 keeps it
+// there until a collection finds the allocation rate low. Measured after that ingest: 20 MiB in use of
+// 55 MiB held, 32 of it young generation, still held 15 s later. So a quiet look also collects when
+// the heap held has grown by `minHeldGrowthBytes` since the last collection. V8 only gives the young
+// generation back when its allocation rate over the last 5 s is low, which a collection right after
+// the burst may not see yet: a collection that leaves the heap held that large is tried again at the
+// next quiet look, up to `shrinkTries` times, after which the size held counts as the new level (the
+// heap in use itself grew: 10,000 connections, say).
+//
 // On every look that counts as quiet it also hands the C heap's free memory back to the system
 // (glibc's malloc_trim, gateway/malloc.ts): what threads that came and went (the config loader, the
 // store's reader) and a burst's buffers left in the malloc arenas. An idle gateway: RSS 84.9 → 77.6 MiB. It walks the arenas'
@@ -25,6 +35,10 @@ export interface HeapTrimOptions {
   quietUtilization?: number
   quietLooks?: number
   minGrowthBytes?: number
+  /** Growth of the heap V8 holds (total_heap_size) since the last collection that also makes one. */
+  minHeldGrowthBytes?: number
+  /** Collections in a row that may leave the heap held grown before that size counts as the level. */
+  shrinkTries?: number
   log?: Logger | undefined
   onTrim?: ((result: HeapTrimResult) => void) | undefined
   /** malloc_trim(0), or null when unavailable (tests inject one; null turns it off). */
@@ -43,6 +57,9 @@ export interface MallocTrimResult {
 export interface HeapTrimResult {
   heapUsedBefore: number
   heapUsedAfter: number
+  /** The heap V8 holds (v8.getHeapStatistics().total_heap_size) before and after. */
+  heapHeldBefore: number
+  heapHeldAfter: number
   pauseMs: number
 }
 
@@ -72,11 +89,17 @@ export class HeapTrim {
   private readonly quietUtilization: number
   private readonly quietLooks: number
   private readonly minGrowthBytes: number
+  private readonly minHeldGrowthBytes: number
+  private readonly shrinkTries: number
   private timer: NodeJS.Timeout | null = null
   private elu: EventLoopUtilization = performance.eventLoopUtilization()
   private quiet = 0
   /** Heap in use after the last full collection; null until the first (start-up garbage). */
   private baseline: number | null = null
+  /** Heap held after the last collection that set the level; null until the first. */
+  private heldBaseline: number | null = null
+  /** Collections in a row that left the heap held above heldBaseline + minHeldGrowthBytes. */
+  private failedShrinks = 0
   trims = 0
   last: HeapTrimResult | null = null
   mallocTrims = 0
@@ -88,6 +111,8 @@ export class HeapTrim {
     this.quietUtilization = opts.quietUtilization ?? 0.05
     this.quietLooks = opts.quietLooks ?? 2
     this.minGrowthBytes = opts.minGrowthBytes ?? 32 * 2 ** 20
+    this.minHeldGrowthBytes = opts.minHeldGrowthBytes ?? 16 * 2 ** 20
+    this.shrinkTries = opts.shrinkTries ?? 3
     this.trimMallocFn = opts.trimMalloc === undefined ? trimMalloc : opts.trimMalloc
   }
 
@@ -115,27 +140,45 @@ export class HeapTrim {
     if (this.quiet < this.quietLooks) return null
     const result = this.collect()
     this.giveBack()
+    // The next look measures the devices' load, not this look's own collection.
+    this.elu = performance.eventLoopUtilization()
     return result
   }
 
-  /** The full collection, when the heap has grown enough since the last (or none ran yet). */
+  /** The full collection, when the heap in use or the heap held has grown enough since the last. */
   private collect (): HeapTrimResult | null {
-    const used = v8.getHeapStatistics().used_heap_size
-    if (this.baseline !== null && used - this.baseline < this.minGrowthBytes) return null
+    const before = v8.getHeapStatistics()
+    const usedGrew = this.baseline === null || before.used_heap_size - this.baseline >= this.minGrowthBytes
+    if (!usedGrew && !this.heldGrown(before.total_heap_size)) return null
     const started = performance.now()
     fullCollection()
+    const after = v8.getHeapStatistics()
     const result: HeapTrimResult = {
-      heapUsedBefore: used,
-      heapUsedAfter: v8.getHeapStatistics().used_heap_size,
+      heapUsedBefore: before.used_heap_size,
+      heapUsedAfter: after.used_heap_size,
+      heapHeldBefore: before.total_heap_size,
+      heapHeldAfter: after.total_heap_size,
       pauseMs: Number((performance.now() - started).toFixed(1)),
     }
     this.baseline = result.heapUsedAfter
-    this.quiet = 0
+    // Still grown: tried again at the next quiet look, unless that was the last try.
+    const retry = this.heldGrown(result.heapHeldAfter) && this.failedShrinks + 1 < this.shrinkTries
+    if (retry) {
+      this.failedShrinks++
+    } else {
+      this.heldBaseline = result.heapHeldAfter
+      this.failedShrinks = 0
+    }
+    this.quiet = retry ? this.quietLooks - 1 : 0
     this.trims++
     this.last = result
     this.opts.log?.debug(result, 'quiet: heap collected')
     this.opts.onTrim?.(result)
     return result
+  }
+
+  private heldGrown (held: number): boolean {
+    return this.heldBaseline !== null && held - this.heldBaseline >= this.minHeldGrowthBytes
   }
 
   /** malloc_trim(0); without the addon, says why once and stops trying. */

@@ -137,6 +137,8 @@ export interface WorkerInit {
   dedupWindowMs: number
   faults: SharedArrayBuffer | null
   quota?: QuotaInit
+  /** The writer hands its page cache back after this long without a commit (ms). */
+  cacheIdleMs?: number
 }
 
 export interface UplinkInit {
@@ -276,6 +278,8 @@ export interface MaintainResult {
   oldest: Array<{ slot: number, ingestMs: number | null }>
   checkpoint: { mode: 'PASSIVE' | 'TRUNCATE', busy: number, log: number, checkpointed: number } | null
   diskFree: number | null
+  /** This round handed the writer's page cache back (PRAGMA shrink_memory): no commit for cacheIdleMs. */
+  cacheReleased: boolean
 }
 
 export interface DeadLetterRow {

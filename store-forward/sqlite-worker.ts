@@ -59,6 +59,13 @@ const FLOOR_PERSIST_INTERVAL = 10_000
 const DROP_SCAN = 2_000
 /** Bytes an event row costs beyond its body (row header, key, b-tree cell, dedup entry), for quota estimates. */
 const ROW_OVERHEAD = 64
+/**
+ * After this long without a commit the writer hands its page cache back (PRAGMA shrink_memory; the
+ * quiet gateway's malloc_trim then returns it to the system). Ingesting a backlog fills the 4 MiB
+ * cache: the writer's malloc arena held 7.0 MiB afterwards, 3.3 once the cache was handed back. The
+ * first commit after reads the pages it needs again, from the OS page cache.
+ */
+const CACHE_IDLE_MS = 10_000
 /** The reserve file, deleted when the disk fills so that deletes and checkpoints can run. */
 export const RESERVE_FILE = 'gridgate.reserve'
 
@@ -232,6 +239,12 @@ class Writer {
   /** Cursor ranges (lo, hi] whose rows may now be deletable, worked off DELETE_CHUNK rows per commit. */
   private deleteWork: Array<{ lo: number, hi: number }> = []
   private maxPageCount = 0
+  /**
+   * When the last commit started (performance.now()), and whether the page cache was handed back
+   * since. Opening counts as a commit: it counts the rows, which fills the cache too.
+   */
+  private lastCommitAt = performance.now()
+  private cacheShrunk = false
   private pageSize = 4096
   private persistedFloor = 0
   /** The last dedup key the sweep for expired keys looked at; null: it starts again at the first key. */
@@ -437,6 +450,8 @@ class Writer {
 
   /** One transaction: cursor moves first (they free room), then the quota decision, inserts, dead letters. */
   commit (appends: AppendItem[], acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained: RetainedRow[] = []): CommitResult {
+    this.lastCommitAt = performance.now()
+    this.cacheShrunk = false
     const seqs = new Float64Array(appends.length)
     const duplicates: CommitResult['duplicates'] = []
     this.transaction(() => {
@@ -808,11 +823,16 @@ class Writer {
     // The routine PASSIVE checkpoint runs on the reader's connection (Store.maintain), so copying the
     // WAL back never holds up a commit; here only a WAL past walMaxBytes is truncated.
     const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? truncateWal(this.db) : null
+    const cacheReleased = !this.cacheShrunk && performance.now() - this.lastCommitAt >= (init.cacheIdleMs ?? CACHE_IDLE_MS)
+    if (cacheReleased) {
+      this.db.pragma('shrink_memory')
+      this.cacheShrunk = true
+    }
     const oldest = [...this.uplinks].map(([slot, u]) => ({
       slot,
       ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
     }))
-    return { state: this.state(), oldest, checkpoint, diskFree }
+    return { state: this.state(), oldest, checkpoint, diskFree, cacheReleased }
   }
 
   /** TTL: events and dead letters stamped before `before` (clock steps already applied) are removed. */

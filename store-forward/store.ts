@@ -14,7 +14,7 @@ import {
 } from './protocol.js'
 import type { DeviceRow, Request as WorkerRequest } from './protocol.js'
 import { Router } from './route.js'
-import { RecentTail, type TailRow } from './tail.js'
+import { RecentTail, type TailLimits, type TailRow } from './tail.js'
 
 export type { AppendItem, AppendResult, StoredRow, UplinkState, InitResult, DeadLetterItem, DropReason, DeadLetterRow, UplinkInit }
 export type { RetainedRow, RetainedLoadResult }
@@ -36,6 +36,10 @@ export interface StoreOptions {
   maintainIntervalMs?: number
   /** The reader thread stops after this long without work (ms; default READER_IDLE_MS). */
   readerIdleMs?: number
+  /** The writer hands its page cache back after this long without a commit (ms; default 10 s, sqlite-worker.ts). */
+  writerCacheIdleMs?: number
+  /** The in-memory tail's bounds (default TAIL_LIMITS; tests make them small). */
+  tail?: TailOptions
   /** Highest wall time used so far, persisted with every commit (DESIGN.md clock floor). */
   floorMs: () => number
   now: () => number
@@ -86,8 +90,16 @@ function answer (p: Pending, err: Error | null, result?: AppendResult): void {
   }
 }
 
-/** What the in-memory tail of newest events holds at most (store-forward/tail.ts). */
-const TAIL_LIMITS = { rows: 8192, bytes: 4 * 1024 * 1024 }
+/**
+ * What the in-memory tail of newest events holds at most (store-forward/tail.ts), and how far behind
+ * its oldest row a forwarder may read and still count as coming (Store.noForwarderNearTail).
+ */
+const TAIL_LIMITS: TailOptions = { rows: 8192, bytes: 4 * 1024 * 1024, reach: 1024 }
+
+export interface TailOptions extends TailLimits {
+  /** Rows below the tail's oldest within which a forwarder counts as about to read from it. */
+  reach: number
+}
 
 export interface UplinkCounters {
   name: string
@@ -170,8 +182,11 @@ export class Store extends EventEmitter<StoreEvents> {
   private tail!: RecentTail
   /** Each uplink's latest read position: the tail keeps nothing every forwarder has read past. */
   private readonly readFrom = new Map<number, number>()
+  private get tailOptions (): TailOptions { return this.opts.tail ?? TAIL_LIMITS }
   /** Pages served from the in-memory tail / read from SQLite (forwarders keeping up / catching up). */
   tailReads = 0
+  /** Times the writer handed its page cache back after a quiet spell. */
+  cacheReleases = 0
   storeReads = 0
 
   private readonly uplinkInits: UplinkInit[]
@@ -207,7 +222,7 @@ export class Store extends EventEmitter<StoreEvents> {
     }
     this.router = new Router([...this.uplinks.values()].map(u => ({ slot: u.slot, filter: this.uplinkInits.find(x => x.name === u.name)?.filter })))
     this.lastSeq = this.info.lastSeq
-    this.tail = new RecentTail(TAIL_LIMITS, this.lastSeq)
+    this.tail = new RecentTail(this.tailOptions, this.lastSeq)
     this.setReady(true)
     const every = this.opts.maintainIntervalMs ?? 1000
     this.maintainTimer = setInterval(() => { void this.maintain() }, every)
@@ -226,6 +241,7 @@ export class Store extends EventEmitter<StoreEvents> {
         if (u !== undefined) u.oldestMs = o.ingestMs
       }
       this.diskFree = r.diskFree
+      if (r.cacheReleased) this.cacheReleases++
       // Applied as the writer's answer arrives: while the checkpoint below runs (starting the reader
       // thread first, maybe), later writer answers (a commit, a dead-letter purge) bring newer state
       // that this one must not overwrite.
@@ -332,7 +348,15 @@ export class Store extends EventEmitter<StoreEvents> {
   }
 
   private async startWriter (): Promise<InitResult> {
-    const writer = new WorkerClient({ role: 'writer', path: this.file, sync: this.opts.sync, dedupWindowMs: this.opts.dedupWindowMs, faults: this.faults, ...(this.opts.quota === undefined ? {} : { quota: this.opts.quota }) })
+    const writer = new WorkerClient({
+      role: 'writer',
+      path: this.file,
+      sync: this.opts.sync,
+      dedupWindowMs: this.opts.dedupWindowMs,
+      faults: this.faults,
+      ...(this.opts.quota === undefined ? {} : { quota: this.opts.quota }),
+      ...(this.opts.writerCacheIdleMs === undefined ? {} : { cacheIdleMs: this.opts.writerCacheIdleMs }),
+    })
     this.writer = writer
     try {
       const info = await writer.request<InitResult>({ op: 'init', uplinks: this.uplinkInits, nowMs: this.opts.now() })
@@ -513,6 +537,7 @@ export class Store extends EventEmitter<StoreEvents> {
       if (last > this.lastSeq) {
         this.tail.append(this.lastSeq, last, fresh)
         this.lastSeq = last
+        if (this.noForwarderNearTail()) this.tail.reset(last)
         this.emit('appended', last)
       }
       // The next commit is handed to the writer before the answers run: acknowledging a batch's
@@ -577,6 +602,27 @@ export class Store extends EventEmitter<StoreEvents> {
     if (recent !== null) this.tailReads++
     return recent
   }
+
+  /**
+   * Whether every uplink's forwarder reads from further below the tail's oldest row than `reach` (its
+   * uplink is down, or it drains a backlog), so none will be served from the tail soon. Then the tail
+   * holds nothing beyond the newest commit: kept, it would be 4 MiB of the newest bodies held through
+   * an outage for the last moments of the drain, which can read them from SQLite like the rest. A
+   * forwarder within reach keeps it: its position is where its last read started, one page behind
+   * where it reads next, and it is about to come back. One that has not read yet counts as within.
+   */
+  private noForwarderNearTail (): boolean {
+    if (this.tail.size === 0 || this.uplinks.size === 0) return false
+    const below = this.tail.from - this.tailOptions.reach
+    for (const u of this.uplinks.values()) {
+      const at = this.readFrom.get(u.slot)
+      if (at === undefined || at >= below) return false
+    }
+    return true
+  }
+
+  /** What the in-memory tail holds (rows, body bytes). */
+  get tailHeld (): { rows: number, bytes: number } { return { rows: this.tail.size, bytes: this.tail.heldBytes } }
 
   /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
   async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {

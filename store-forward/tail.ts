@@ -38,6 +38,8 @@ export class RecentTail {
 
   get size (): number { return this.rows.length - this.head }
   get heldBytes (): number { return this.bytes }
+  /** Every routed row above this sequence (up to the newest) is held; a reader from below it gets null. */
+  get from (): number { return this.floor }
 
   /** Forgets everything; from now on the tail covers what is committed after `lastSeq`. */
   reset (lastSeq: number): void {

@@ -149,6 +149,22 @@ test('the reader thread starts when first needed, stops when idle, and starts ag
   assert.deepEqual((await s.readStoredPage(slot, r[0]!.seq, 10, 1 << 20)).map(p => p.seq), r.slice(1).map(x => x.seq))
 })
 
+test('the writer hands its page cache back once after a quiet spell, and again only after the next commit', async (t) => {
+  const s = await open(t, tempDir(t), { maintainIntervalMs: 20, writerCacheIdleMs: 300 })
+  const slot = s.uplinks.get('a')!.slot
+  // Opening reads (the row counts) into the cache too.
+  await waitFor(() => s.cacheReleases === 1, 'handed back once the opened store was quiet')
+  await new Promise(resolve => setTimeout(resolve, 500))
+  assert.equal(s.cacheReleases, 1, 'nothing committed since: not again')
+  const r = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('after'), eventId: 'after' })
+  await waitFor(() => s.cacheReleases === 2, 'a commit, then a quiet spell: handed back again')
+  // The writer goes on from a cold cache, reading the pages it needs again.
+  const r2 = await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('next'), eventId: 'next' })
+  assert.equal(r2.seq, r.seq + 1)
+  assert.equal((await s.stats()).events, 2)
+  assert.deepEqual((await s.readStoredPage(slot, 0, 10, 1 << 20)).map(p => Buffer.from(p.body).toString()), ['after', 'next'])
+})
+
 test('a removed uplink no longer pins rows and a new uplink starts at the newest event', async (t) => {
   const dir = tempDir(t)
   const s1 = await open(t, dir, { uplinks: ['a', 'b'] })
@@ -351,6 +367,63 @@ test('pages served from the in-memory tail equal the pages SQLite returns, for e
   }
   assert.ok(s.tailReads >= compared, 'every page came from the tail')
   assert.equal(s.storeReads, 0)
+})
+
+test('while every forwarder reads from further below its oldest row than its reach, the in-memory tail holds nothing; one back near the top fills it again', async (t) => {
+  const s = await open(t, tempDir(t), { uplinks: ['a', 'b'], tail: { rows: 8, bytes: 1 << 20, reach: 4 } })
+  const [a, b] = [...s.uplinks.values()].map(u => u.slot) as [number, number]
+  let n = 0
+  // One commit each.
+  const add = async (count: number): Promise<void> => {
+    for (let i = 0; i < count; i++) {
+      n++
+      await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: Buffer.alloc(100, n), eventId: `id-${n}` })
+    }
+  }
+  await add(5)
+  assert.equal(s.tailHeld.rows, 5, 'no forwarder has read yet: held')
+  assert.equal((await s.readPage(a, 0, 500, 1 << 20)).length, 5)
+  assert.equal((await s.readPage(b, 0, 500, 1 << 20)).length, 5)
+  // Both uplinks go down with that page in flight (their forwarders stay at 0) while events arrive:
+  // the tail drops its oldest rows past them, then holds nothing once they are out of reach.
+  await add(6)
+  assert.equal(s.tailHeld.rows, 8, 'dropping its oldest, but both are within reach (3 rows below)')
+  await add(2)
+  assert.deepEqual(s.tailHeld, { rows: 0, bytes: 0 }, 'both 5 rows below its oldest: nothing held')
+  await add(20)
+  assert.deepEqual(s.tailHeld, { rows: 0, bytes: 0 }, 'and it stays empty while they are behind')
+  // a drains from SQLite up to the newest row; b stays behind.
+  const storeReads = s.storeReads
+  let after = 0
+  for (;;) {
+    const page = await s.readPage(a, after, 7, 1 << 20)
+    if (page.length === 0) break
+    after = page[page.length - 1]!.seq
+  }
+  assert.equal(after, s.lastSeq)
+  assert.ok(s.storeReads > storeReads, 'the drain read from SQLite')
+  await add(3)
+  assert.equal(s.tailHeld.rows, 3, 'a is at the top again: the tail holds what comes next')
+  const tailReads = s.tailReads
+  const page = await s.readPage(a, after, 500, 1 << 20)
+  assert.equal(s.tailReads, tailReads + 1, 'and serves it')
+  const hex = (rows: ReadonlyArray<{ body: Uint8Array }>): string[] => rows.map(r => Buffer.from(r.body).toString('hex'))
+  assert.deepEqual(hex(page), hex(await s.readStoredPage(a, after, 500, 1 << 20)))
+  assert.equal(page.length, 3)
+  after = page[2]!.seq
+  // Slightly behind: 9 more rows, its next read starts 1 row below the oldest held and its last one
+  // started 4 rows below, within reach. The tail stays full; one page from SQLite and a is back in it.
+  await add(9)
+  assert.equal(s.tailHeld.rows, 8)
+  const before = s.storeReads
+  const fromDb = await s.readPage(a, after, 500, 1 << 20)
+  assert.equal(fromDb.length, 9)
+  assert.equal(s.storeReads, before + 1, 'from SQLite: the tail no longer holds the row after its position')
+  const reads = s.tailReads
+  await add(1)
+  assert.equal(s.tailHeld.rows, 8, 'kept: a is within reach')
+  assert.equal((await s.readPage(a, fromDb[8]!.seq, 500, 1 << 20)).length, 1)
+  assert.equal(s.tailReads, reads + 1, 'back in the tail')
 })
 
 test('a dedup key outside the window is not a duplicate', async (t) => {
