@@ -4,8 +4,8 @@
 // idle MQTT connections: 92 MiB of live heap, 164 MiB in use until a full collection, and whether V8's
 // own memory reducer ran within 15 s varied from run to run (RSS 185 or 285 MiB).
 //
-// Every `intervalMs` this looks at the event loop's utilisation; after `quietLooks` looks in a row
-// below `quietUtilization`, if the heap in use has grown by `minGrowthBytes` since the last full
+// Every `intervalMs` (2 s) this looks at the event loop's utilisation; after `quietLooks` (3) looks in
+// a row below `quietUtilization` (5 %), so 6–8 s after a burst ends, if the heap in use has grown by `minGrowthBytes` since the last full
 // collection (or none has run since start-up, whose garbage is given back once), it runs one. While
 // devices keep the loop busy it never runs: V8 collects as it always does, and no message waits for it.
 //
@@ -14,10 +14,12 @@
 // there until a collection finds the allocation rate low. Measured after that ingest: 20 MiB in use of
 // 55 MiB held, 32 of it young generation, still held 15 s later. So a quiet look also collects when
 // the heap held has grown by `minHeldGrowthBytes` since the last collection. V8 only gives the young
-// generation back when its allocation rate over the last 5 s is low, which a collection right after
-// the burst may not see yet: a collection that leaves the heap held that large is tried again at the
-// next quiet look, up to `shrinkTries` times, after which the size held counts as the new level (the
-// heap in use itself grew: 10,000 connections, say).
+// generation back when it judges the allocation rate low, which a collection soon after the burst may
+// not (after a 1M-event ingest the first quiet collection mostly did, sometimes only the second or
+// third, and once none of 3 within 6 s): a collection that
+// leaves the young generation at 8 MiB or more is tried again at the next quiet look, up to
+// `shrinkTries` (10) times. Grown in the old generation instead, the heap held is data in use (10,000
+// connections, say) and counts as the new level.
 //
 // On every look that counts as quiet it also hands the C heap's free memory back to the system
 // (glibc's malloc_trim, gateway/malloc.ts): what threads that came and went (the config loader, the
@@ -37,7 +39,7 @@ export interface HeapTrimOptions {
   minGrowthBytes?: number
   /** Growth of the heap V8 holds (total_heap_size) since the last collection that also makes one. */
   minHeldGrowthBytes?: number
-  /** Collections in a row that may leave the heap held grown before that size counts as the level. */
+  /** Collections in a row that may leave the young generation grown before the size held counts as the level. */
   shrinkTries?: number
   log?: Logger | undefined
   onTrim?: ((result: HeapTrimResult) => void) | undefined
@@ -64,6 +66,13 @@ export interface HeapTrimResult {
 }
 
 let collect: (() => void) | null = null
+
+/** A young generation this large after a full collection is one V8 grew for a burst and may give back. */
+const YOUNG_GROWN_BYTES = 8 * 2 ** 20
+
+function youngGeneration (): number {
+  return v8.getHeapSpaceStatistics().find(s => s.space_name === 'new_space')?.space_size ?? 0
+}
 
 /**
  * A full garbage collection. Node offers it only behind --expose-gc; the flag, set at run time, gives
@@ -107,12 +116,12 @@ export class HeapTrim {
   private trimMallocFn: (() => boolean | null) | null
 
   constructor (private readonly opts: HeapTrimOptions = {}) {
-    this.intervalMs = opts.intervalMs ?? 5000
+    this.intervalMs = opts.intervalMs ?? 2000
     this.quietUtilization = opts.quietUtilization ?? 0.05
-    this.quietLooks = opts.quietLooks ?? 2
+    this.quietLooks = opts.quietLooks ?? 3
     this.minGrowthBytes = opts.minGrowthBytes ?? 32 * 2 ** 20
     this.minHeldGrowthBytes = opts.minHeldGrowthBytes ?? 16 * 2 ** 20
-    this.shrinkTries = opts.shrinkTries ?? 3
+    this.shrinkTries = opts.shrinkTries ?? 10
     this.trimMallocFn = opts.trimMalloc === undefined ? trimMalloc : opts.trimMalloc
   }
 
@@ -161,8 +170,10 @@ export class HeapTrim {
       pauseMs: Number((performance.now() - started).toFixed(1)),
     }
     this.baseline = result.heapUsedAfter
-    // Still grown: tried again at the next quiet look, unless that was the last try.
-    const retry = this.heldGrown(result.heapHeldAfter) && this.failedShrinks + 1 < this.shrinkTries
+    // Still grown with the young generation still large: tried again at the next quiet look, unless
+    // that was the last try. Grown in the old generation, it is data in use: the new level.
+    const retry = this.heldGrown(result.heapHeldAfter) && youngGeneration() >= YOUNG_GROWN_BYTES &&
+      this.failedShrinks + 1 < this.shrinkTries
     if (retry) {
       this.failedShrinks++
     } else {

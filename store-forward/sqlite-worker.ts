@@ -65,7 +65,7 @@ const ROW_OVERHEAD = 64
  * cache: the writer's malloc arena held 7.0 MiB afterwards, 3.3 once the cache was handed back. The
  * first commit after reads the pages it needs again, from the OS page cache.
  */
-const CACHE_IDLE_MS = 10_000
+const CACHE_IDLE_MS = 5_000
 /** The reserve file, deleted when the disk fills so that deletes and checkpoints can run. */
 export const RESERVE_FILE = 'gridgate.reserve'
 
