@@ -14,6 +14,7 @@ import dgram from 'node:dgram'
 import type { AddressInfo } from 'node:net'
 import { randomInt } from 'node:crypto'
 import { generate, parse, type ParsedPacket, type Option } from 'coap-packet'
+import { encodeBare, type MessageType } from './encode.js'
 import type { Logger } from 'pino'
 import { LRUCache } from 'lru-cache'
 import { GridgateError, isGridgateError, type ErrorCode } from '../../gateway/errors.js'
@@ -114,8 +115,13 @@ export class CoapAdapter implements DeviceAdapter {
   private readonly separate = new Map<string, PendingSeparate>()
   private readonly inflight = new InFlight()
   private readonly scopes = new Map<string, Uint8Array>()
-  /** Datagrams handed to the socket and not yet sent: closing the socket would cancel them. */
-  private readonly sending = new Set<Promise<void>>()
+  /** Datagrams handed to the socket and not yet sent: closing the socket would cancel them, so stop() waits. */
+  private unsent = 0
+  private onSent: (() => void) | null = null
+  // One callback for every send: a promise per datagram cost more than encoding it.
+  private readonly sent = (): void => {
+    if (--this.unsent === 0) this.onSent?.()
+  }
   private readonly blocks: Block1Reassembly
   private readonly authLogAt = new LRUCache<string, number>({ max: 1000 })
   private nextMid = randomInt(0x10000)
@@ -201,7 +207,7 @@ export class CoapAdapter implements DeviceAdapter {
     this.separate.clear()
     this.blocks.clear()
     this.exchanges.clear()
-    await Promise.allSettled([...this.sending])
+    if (this.unsent > 0) await new Promise<void>((resolve) => { this.onSent = resolve })
     const socket = this.socket
     this.socket = null
     await new Promise<void>((resolve) => socket.close(() => resolve()))
@@ -209,9 +215,8 @@ export class CoapAdapter implements DeviceAdapter {
 
   private send (buf: Buffer, address: string, port: number): void {
     if (this.socket === null) return
-    const p = new Promise<void>((resolve) => this.socket!.send(buf, port, address, () => resolve()))
-    this.sending.add(p)
-    void p.then(() => this.sending.delete(p))
+    this.unsent++
+    this.socket.send(buf, port, address, this.sent)
   }
 
   private onDatagram (msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -396,12 +401,15 @@ export class CoapAdapter implements DeviceAdapter {
     // stored (DESIGN.md "Deduplication at ingest": if the first commit failed, the retry is stored).
     if (reply.code.startsWith('5.') && this.exchanges.get(req.key) === exchange) this.exchanges.delete(req.key)
     const base = { code: reply.code, token: packet.token, options: reply.options ?? [], payload: reply.payload ?? Buffer.alloc(0) }
+    const encode = (type: MessageType, messageId: number): Buffer =>
+      (base.options.length === 0 ? encodeBare(type, base.code, messageId, base.token, base.payload) : null) ??
+      generate({ ...base, messageId, ack: type === 'ack', confirmable: type === 'con', reset: type === 'reset' })
     // The reply a retransmission of this request gets: the outcome piggybacked in an ACK.
-    const asAck = generate({ ...base, ack: true, messageId: packet.messageId })
+    const asAck = encode('ack', packet.messageId)
     if (!packet.confirmable) {
       exchange.reply = asAck
       // NON requests are stored without a reply; an error is worth a NON response (RFC 7252 §5.2.3).
-      if (!reply.code.startsWith('2.')) this.send(generate({ ...base, confirmable: false, messageId: this.mid() }), req.address, req.port)
+      if (!reply.code.startsWith('2.')) this.send(encode('non', this.mid()), req.address, req.port)
       return
     }
     if (!exchange.emptyAcked) {
@@ -411,7 +419,7 @@ export class CoapAdapter implements DeviceAdapter {
     }
     exchange.reply = asAck
     const mid = this.mid()
-    const buf = generate({ ...base, confirmable: true, messageId: mid })
+    const buf = encode('con', mid)
     this.send(buf, req.address, req.port)
     if (this.separate.size >= MAX_PENDING_SEPARATE) return
     const key = `${req.endpoint}/${mid}`
