@@ -5,9 +5,10 @@
 // own memory reducer ran within 15 s varied from run to run (RSS 185 or 285 MiB).
 //
 // Every `intervalMs` (2 s) this looks at the event loop's utilisation; after `quietLooks` (3) looks in
-// a row below `quietUtilization` (5 %), so 6–8 s after a burst ends, if the heap in use has grown by `minGrowthBytes` since the last full
-// collection (or none has run since start-up, whose garbage is given back once), it runs one. While
-// devices keep the loop busy it never runs: V8 collects as it always does, and no message waits for it.
+// a row below `quietUtilization` (5 %), so 6–8 s after a burst ends, if the heap in use has grown by
+// `minGrowthBytes` since the last full collection (or none has run since start-up, whose garbage is
+// given back once), it runs one. While devices keep the loop busy it never runs: V8 collects as it
+// always does, and no message waits for it.
 //
 // The heap V8 holds can grow without the heap in use growing: a burst of ingest (a backlog of 1M
 // events at 25k msgs/s, say) takes the young generation from 1 to its 32 MiB limit, and V8 keeps it
@@ -16,10 +17,10 @@
 // the heap held has grown by `minHeldGrowthBytes` since the last collection. V8 only gives the young
 // generation back when it judges the allocation rate low, which a collection soon after the burst may
 // not (after a 1M-event ingest the first quiet collection mostly did, sometimes only the second or
-// third, and once none of 3 within 6 s): a collection that
-// leaves the young generation at 8 MiB or more is tried again at the next quiet look, up to
-// `shrinkTries` (10) times. Grown in the old generation instead, the heap held is data in use (10,000
-// connections, say) and counts as the new level.
+// third, and once none of 3 within 6 s): a collection that leaves the young generation at 8 MiB or
+// more is tried again at the next quiet look, up to `shrinkTries` (10) times. Grown in the old
+// generation instead, the heap held is data in use (10,000 connections, say) and counts as the new
+// level.
 //
 // On every look that counts as quiet it also hands the C heap's free memory back to the system
 // (glibc's malloc_trim, gateway/malloc.ts): what threads that came and went (the config loader, the

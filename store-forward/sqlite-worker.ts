@@ -823,15 +823,16 @@ class Writer {
     // The routine PASSIVE checkpoint runs on the reader's connection (Store.maintain), so copying the
     // WAL back never holds up a commit; here only a WAL past walMaxBytes is truncated.
     const checkpoint = this.walBytes() > (q?.walMaxBytes ?? Infinity) ? truncateWal(this.db) : null
+    const oldest = [...this.uplinks].map(([slot, u]) => ({
+      slot,
+      ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
+    }))
+    // Last, after this round's own reads.
     const cacheReleased = !this.cacheShrunk && performance.now() - this.lastCommitAt >= (init.cacheIdleMs ?? CACHE_IDLE_MS)
     if (cacheReleased) {
       this.db.pragma('shrink_memory')
       this.cacheShrunk = true
     }
-    const oldest = [...this.uplinks].map(([slot, u]) => ({
-      slot,
-      ingestMs: u.events === 0 ? null : (this.stmts.oldestRouted.pluck().get(u.cursor, 2 ** slot) as number | undefined) ?? null,
-    }))
     return { state: this.state(), oldest, checkpoint, diskFree, cacheReleased }
   }
 
