@@ -36,7 +36,7 @@ export interface StoreOptions {
   maintainIntervalMs?: number
   /** The reader thread stops after this long without work (ms; default READER_IDLE_MS). */
   readerIdleMs?: number
-  /** The writer hands its page cache back after this long without a commit (ms; default 10 s, sqlite-worker.ts). */
+  /** The writer hands its page cache back after this long without a commit (ms; default 5 s, CACHE_IDLE_MS in sqlite-worker.ts). */
   writerCacheIdleMs?: number
   /** The in-memory tail's bounds (default TAIL_LIMITS; tests make them small). */
   tail?: TailOptions
