@@ -420,14 +420,21 @@ export class JsonOut {
   private buf: Buffer
   length = 0
 
-  constructor (capacity = 4096) {
-    // Not from Node's pool: the bytes may be transferred to another thread.
-    this.buf = Buffer.allocUnsafeSlow(capacity)
+  /**
+   * `alloc` gives the buffers (the reader thread's pool of buffers handed back); otherwise each is its
+   * own allocation, never from Node's pool: the bytes may be transferred to another thread.
+   */
+  constructor (capacity = 4096, private readonly alloc?: (bytes: number) => ArrayBuffer) {
+    this.buf = this.fresh(capacity)
+  }
+
+  private fresh (bytes: number): Buffer {
+    return this.alloc === undefined ? Buffer.allocUnsafeSlow(bytes) : Buffer.from(this.alloc(bytes))
   }
 
   private room (bytes: number): void {
     if (this.length + bytes <= this.buf.length) return
-    const next = Buffer.allocUnsafeSlow(Math.max(this.buf.length * 2, this.length + bytes))
+    const next = this.fresh(Math.max(this.buf.length * 2, this.length + bytes))
     this.buf.copy(next, 0, 0, this.length)
     this.buf = next
   }
@@ -590,9 +597,9 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
  * A JSON array (application/cloudevents-batch+json) of stored events, or null when one of them has a
  * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
  */
-export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Buffer | null {
+export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, alloc?: (bytes: number) => ArrayBuffer): Buffer | null {
   const storeIdJson = jsonStoreId(storeId)
-  return writeJsonArray(events, (out, e) => writeStoredJson(out, e.body, storeIdJson, storeId, e.seq, decodeDirect))
+  return writeJsonArray(events, (out, e) => writeStoredJson(out, e.body, storeIdJson, storeId, e.seq, decodeDirect), alloc)
 }
 
 /** The store id as the JSON string transcodeJson and writeStoredJson take. */
@@ -1018,8 +1025,8 @@ export function writeJsonBatch (events: ReadonlyArray<{ seq: number, body: Uint8
 }
 
 /** A JSON array of stored events, each appended by `write`; null as soon as one returns false. */
-function writeJsonArray<E extends { seq: number, body: Uint8Array }> (events: readonly E[], write: (out: JsonOut, e: E) => boolean): Buffer | null {
-  const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2)
+function writeJsonArray<E extends { seq: number, body: Uint8Array }> (events: readonly E[], write: (out: JsonOut, e: E) => boolean, alloc?: (bytes: number) => ArrayBuffer): Buffer | null {
+  const out = new JsonOut(JSON_BYTES_PER_EVENT * events.length + 2, alloc)
   out.byte(0x5b)
   for (let i = 0; i < events.length; i++) {
     if (i > 0) out.byte(0x2c)

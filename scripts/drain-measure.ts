@@ -26,6 +26,7 @@ import * as grpc from '@grpc/grpc-js'
 import { PUBLISH_PATH, decodeRawBatch, encodePublishResponse } from '../adapters/uplink-grpc/schema.js'
 import { freePort } from './net.js'
 import { scrape, slowCommitsBetween } from './bench/metrics.js'
+import { procSample, threadCpu, threadCpuDelta } from './bench/sys.js'
 
 const log = (line: string): void => { process.stderr.write(`${line}\n`) }
 
@@ -207,6 +208,7 @@ async function main (): Promise<void> {
     let c: Counter = { backlog: 0, live: 0, lastBacklogAt: 0, cpuMicros: 0 }
     const admin = `http://127.0.0.1:${gw.adminPort}`
     const m0 = await scrape(admin)
+    const cpu0 = { total: procSample(pid)?.cpuSeconds ?? 0, threads: threadCpu(pid) }
     const upAtWall = Date.now()
     const receiver = fork(fileURLToPath(import.meta.url), ['--serve', o.type, '--port', String(port)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     await new Promise<void>((resolve, reject) => {
@@ -257,6 +259,10 @@ async function main (): Promise<void> {
     const receiverCpuMicros = c.cpuMicros
     const receiverEvents = c.backlog + c.live
     const drainSecs = (c.lastBacklogAt - upAtWall) / 1000
+    // The gateway's CPU over about the same stretch: all threads, and the main thread and the busiest
+    // others (the store's writer and reader, V8's helpers for concurrent marking and sweeping).
+    const gatewayCpuSeconds = (procSample(pid)?.cpuSeconds ?? 0) - cpu0.total
+    const gatewayThreads = threadCpuDelta(pid, cpu0.threads, threadCpu(pid))
     // Commits that the disk held up while the backlog drained (the live PUBACKs wait for them).
     const slowCommits = slowCommitsBetween(m0, await scrape(admin))
     // Keep live traffic going a little longer: the latency after the drain is the baseline.
@@ -288,6 +294,9 @@ async function main (): Promise<void> {
       liveSent,
       liveAcked: latencies.length,
       liveDeliveredDuringRun: c.live,
+      gatewayCpuSecondsDuringDrain: Number(gatewayCpuSeconds.toFixed(2)),
+      gatewayCpuMicrosPerEvent: Number((gatewayCpuSeconds * 1e6 / Math.max(1, receiverEvents)).toFixed(2)),
+      gatewayThreadCpuSecondsDuringDrain: gatewayThreads,
       receiverCpuSecondsDuringDrain: Number((receiverCpuMicros / 1e6).toFixed(2)),
       receiverCpuMicrosPerEvent: Number((receiverCpuMicros / Math.max(1, receiverEvents)).toFixed(2)),
       livePubackMsDuringDrain: stats(during),

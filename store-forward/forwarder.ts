@@ -31,8 +31,11 @@ export interface ForwarderOptions {
 
 export type ForwarderState = 'idle' | 'sending' | 'backoff' | 'rejected' | 'stopped'
 
-/** A page read ahead of the batch in flight: rows in (after, horizon] routed to this uplink. */
-interface Page { after: number, horizon: number, full: boolean, batch: SinkBatch }
+/**
+ * A page read ahead of the batch in flight: rows in (after, horizon] routed to this uplink. `release`
+ * hands its buffers back to the store's reader thread once the batch was delivered (RenderedPage).
+ */
+interface Page { after: number, horizon: number, full: boolean, batch: SinkBatch, release: (() => void) | undefined }
 
 /** The shortest window a live batch collects arrivals over is batchMaxDelay divided by this. */
 const BATCH_WINDOW_DIVISOR = 4
@@ -174,7 +177,8 @@ export class Forwarder {
     // Read (and render) the next page while this one is in flight.
     const last = rows[rows.length - 1]!.seq
     if (this.o.store.lastSeq > last) this.ahead = this.readAhead(last)
-    await this.deliver(page.batch)
+    // Only after delivery: a page dropped above (read again, or skipped) may still be being gzipped.
+    if (await this.deliver(page.batch)) page.release?.()
   }
 
   /** The page after `position`: the one read ahead when it starts there, else a fresh read. */
@@ -191,8 +195,8 @@ export class Forwarder {
     const horizon = this.o.store.lastSeq
     const read = this.o.sink.acceptsJson === true
       ? this.o.store.readRenderedPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes)
-      : this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then(rows => ({ rows, json: null }))
-    const p = read.then(({ rows, json }) => {
+      : this.o.store.readPage(this.o.slot, after, this.o.batchMaxEvents, this.o.batchMaxBytes).then(rows => ({ rows, json: null, release: undefined }))
+    const p = read.then(({ rows, json, release }) => {
       let bytes = 0
       for (const r of rows) bytes += bodySize(r)
       const batch: SinkBatch = { storeId: this.o.store.info.storeId, events: rows, ...(json === null ? {} : { json }) }
@@ -201,7 +205,7 @@ export class Forwarder {
       // A full page (backlog) goes out as it is: render its request body now, while the request
       // before it is in flight. A partial one may still be topped up, so it is rendered when sent.
       if (full) this.o.sink.prepare?.(batch)
-      return { after, horizon, full, batch }
+      return { after, horizon, full, batch, release }
     })
     p.catch(() => {})
     return p

@@ -334,7 +334,16 @@ export interface StoredRow { seq: number, ingestMs: number, body: Uint8Array }
  * (UTF-8, its own transferred buffer), so forwarding a backlog costs the main thread no decoding or
  * rendering. json is null when an event has a shape only protobufjs decodes (the main thread renders).
  */
-export interface RenderedPage { rows: StoredRow[], json: Uint8Array | null }
+export interface RenderedPage {
+  rows: StoredRow[]
+  json: Uint8Array | null
+  /**
+   * Hands the page's buffers back to the reader thread for its next pages. Called once the page was
+   * delivered and nothing reads its json or its rows' bodies any more; never while a request may still
+   * be writing them. Absent for a page from the in-memory tail.
+   */
+  release?: () => void
+}
 
 /**
  * A page of rows as the reader thread sends it: two transferred buffers instead of a structured clone
@@ -347,11 +356,16 @@ export interface PackedRows {
   data: Uint8Array
 }
 
-export function packRows (rows: readonly StoredRow[]): PackedRows {
+/** Where packRows and the reader's JSON rendering get their buffers: a fresh one, or one handed back. */
+export type Alloc = (bytes: number) => ArrayBuffer
+
+const freshBuffer: Alloc = (bytes) => new ArrayBuffer(bytes)
+
+export function packRows (rows: readonly StoredRow[], alloc: Alloc = freshBuffer): PackedRows {
   let size = 0
   for (const r of rows) size += r.body.byteLength
-  const meta = new Float64Array(rows.length * 3)
-  const data = new Uint8Array(size)
+  const meta = new Float64Array(alloc(rows.length * 3 * Float64Array.BYTES_PER_ELEMENT), 0, rows.length * 3)
+  const data = new Uint8Array(alloc(size), 0, size)
   let at = 0
   for (let i = 0; i < rows.length; i++) {
     const r = rows[i]!
@@ -369,34 +383,47 @@ export function packRows (rows: readonly StoredRow[]): PackedRows {
  * buffer, made when first asked for: a drained page that goes out as the reader's JSON rendering
  * needs only each row's sequence, time and size, and a view per row was 40 % of what the main thread
  * allocated during a backlog drain (the allocation profile of `npm run bench -- --profile`), each
- * young-generation collection of it an event-loop pause for the devices' messages.
+ * young-generation collection of it an event-loop pause for the devices' messages. The page notes
+ * that a view was made: its buffer may then be referenced from anywhere, and is never handed back.
  */
 export class PackedRow implements StoredRow {
   private view: Buffer | null = null
 
-  constructor (readonly seq: number, readonly ingestMs: number, readonly size: number, private readonly data: ArrayBufferLike, private readonly at: number) {}
+  constructor (readonly seq: number, readonly ingestMs: number, readonly size: number, private readonly page: UnpackedPage, private readonly at: number) {}
 
   get body (): Buffer {
-    return this.view ??= Buffer.from(this.data, this.at, this.size)
+    if (this.view === null) {
+      this.page.viewed = true
+      this.view = Buffer.from(this.page.data, this.at, this.size)
+    }
+    return this.view
   }
 }
+
+/** The buffer a page's PackedRows point into, and whether any of them made a view of it. */
+export interface UnpackedPage { readonly data: ArrayBuffer, viewed: boolean }
 
 /** A row's body size, without making a PackedRow's view. */
 export function bodySize (row: StoredRow): number {
   return row instanceof PackedRow ? row.size : row.body.byteLength
 }
 
-/** The rows again, each body a view into the one transferred buffer (no copy), made when first read. */
-export function unpackRows (p: PackedRows): StoredRow[] {
+/**
+ * The rows again, each body a view into the one transferred buffer (no copy), made when first read.
+ * `page` is what the rows point into: Store hands its buffer back to the reader thread once the page
+ * is done with, unless a row made a view of it.
+ */
+export function unpackRows (p: PackedRows): { rows: StoredRow[], page: UnpackedPage } {
   const n = p.meta.length / 3
   const out: StoredRow[] = new Array(n)
+  const page: UnpackedPage = { data: p.data.buffer as ArrayBuffer, viewed: false }
   let at = p.data.byteOffset
   for (let i = 0; i < n; i++) {
     const len = p.meta[i * 3 + 2]!
-    out[i] = new PackedRow(p.meta[i * 3]!, p.meta[i * 3 + 1]!, len, p.data.buffer, at)
+    out[i] = new PackedRow(p.meta[i * 3]!, p.meta[i * 3 + 1]!, len, page, at)
     at += len
   }
-  return out
+  return { rows: out, page }
 }
 
 /** readRendered's reply: the packed rows and their JSON rendering. */
@@ -413,9 +440,10 @@ export type Request =
   | { op: 'init', uplinks: UplinkInit[], nowMs: number }
   // `retained`: retained-message writes that share the group commit's transaction.
   | { op: 'commit', appends: PackedAppends, acks: AckItem[], deadLetters: DeadLetterItem[], floorMs: number, nowMs: number, retained?: RetainedRow[] }
-  | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number }
+  // `recycle`: buffers of pages the main thread is done with, transferred back for the next pages.
+  | { op: 'readPage', slot: number, after: number, upTo: number, limit: number, maxBytes: number, recycle?: ArrayBuffer[] }
   // readPage, plus the page rendered as a CloudEvents JSON batch (RenderedPage).
-  | { op: 'readRendered', slot: number, after: number, upTo: number, limit: number, maxBytes: number, storeId: string }
+  | { op: 'readRendered', slot: number, after: number, upTo: number, limit: number, maxBytes: number, storeId: string, recycle?: ArrayBuffer[] }
   | { op: 'stats' }
   // A PASSIVE WAL checkpoint on the reader's connection.
   | { op: 'checkpoint' }

@@ -18,6 +18,8 @@ export interface SinkBatch {
   /**
    * The events as an application/cloudevents-batch+json body, rendered by the store's reader thread
    * (for sinks with acceptsJson). Only for exactly these events: a batch cut from another has none.
+   * Once send() resolved `delivered`, the sink reads it no more (an HTTP request has finished writing
+   * its body): the forwarder then hands its buffer back to the reader thread for the next pages.
    */
   json?: Uint8Array
 }

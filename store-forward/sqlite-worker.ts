@@ -18,6 +18,7 @@ import {
 import { routingFields } from './event-fields.js'
 import { renderJsonBatchDirect } from '../gateway/event-wire.js'
 import { compileFilter } from './route.js'
+import { BufferPool } from './buffer-pool.js'
 import { addDeviceRow, listDeviceRows, removeDeviceRow, setDeviceEnabled } from './devices-table.js'
 
 // nativeBinding: set by a single-executable build (see WorkerRuntime in worker-client.ts).
@@ -1181,7 +1182,8 @@ function handle (req: Request): unknown {
       return writer.dlqPurge(req.uplink, req.ids)
     case 'readPage': {
       if (reader === null) throw new Error('readPage before init on a reader')
-      const rows = packRows(reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes))
+      if (req.recycle !== undefined) pages.put(req.recycle)
+      const rows = packRows(reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes), takePageBuffer)
       transferNext = [rows.meta.buffer as ArrayBuffer, rows.data.buffer as ArrayBuffer]
       return rows
     }
@@ -1190,10 +1192,11 @@ function handle (req: Request): unknown {
       return reader.checkpoint()
     case 'readRendered': {
       if (reader === null) throw new Error('readRendered before init on a reader')
+      if (req.recycle !== undefined) pages.put(req.recycle)
       const stored = reader.readPage(req.slot, req.after, req.upTo, req.limit, req.maxBytes)
-      // The writer's buffer is its own (not Node's pool), so it is handed over as it is.
-      const json = stored.length === 0 ? null : renderJsonBatchDirect(stored, req.storeId)
-      const page: PackedRenderedPage = { rows: packRows(stored), json }
+      // The JSON's buffer is its own (from the pool, never Node's), so it is handed over as it is.
+      const json = stored.length === 0 ? null : renderJsonBatchDirect(stored, req.storeId, takePageBuffer)
+      const page: PackedRenderedPage = { rows: packRows(stored, takePageBuffer), json }
       transferNext = [page.rows.meta.buffer as ArrayBuffer, page.rows.data.buffer as ArrayBuffer]
       if (page.json !== null) transferNext.push(page.json.buffer as ArrayBuffer)
       return page
@@ -1223,6 +1226,10 @@ function handle (req: Request): unknown {
       return null
   }
 }
+
+/** A reader's buffers for pages, handed back by the main thread (store-forward/buffer-pool.ts). */
+const pages = new BufferPool()
+const takePageBuffer = (bytes: number): ArrayBuffer => pages.take(bytes)
 
 /** Buffers the reply being built hands over instead of copying (set by handle(), taken by the reply). */
 let transferNext: ArrayBuffer[] = []

@@ -54,6 +54,8 @@ const MAX_APPENDS_PER_COMMIT = 10_000
 const ACK_COMMIT_DELAY_MS = 50
 /** The reader thread stops after this long without a read or a checkpoint to do (see Store.reader). */
 const READER_IDLE_MS = 10_000
+/** Buffers of delivered pages waiting for the reader's next read at most (two pages in flight: six). */
+const MAX_RECYCLED = 8
 /** WAL frames (pages) below which the routine checkpoint leaves the rest to the next round instead of asking the writer. */
 const CATCH_UP_MIN_FRAMES = 1024
 /** Writer restarts allowed within RESTART_WINDOW before the store gives up. */
@@ -151,6 +153,8 @@ export class Store extends EventEmitter<StoreEvents> {
   private readerUsedAt = 0
   /** The writer's total_changes() when a routine checkpoint last left nothing in the WAL to copy. */
   private checkpointedChanges = -1
+  /** Buffers of pages done with, for the reader thread's next read (recycle()). */
+  private recycled: ArrayBuffer[] = []
   private queue: Pending[] = []
   private acks: AckItem[] = []
   private deadLetters: DeadLetterItem[] = []
@@ -328,11 +332,11 @@ export class Store extends EventEmitter<StoreEvents> {
     return this.readerStarting
   }
 
-  private async readerRequest<T> (req: WorkerRequest): Promise<T> {
+  private async readerRequest<T> (req: WorkerRequest, transfer?: ArrayBuffer[]): Promise<T> {
     const reader = await this.readerClient()
     this.readerRequests++
     try {
-      return await reader.request<T>(req)
+      return await reader.request<T>(req, transfer)
     } finally {
       this.readerRequests--
       this.readerUsedAt = Date.now()
@@ -344,6 +348,7 @@ export class Store extends EventEmitter<StoreEvents> {
     const reader = this.reader
     if (reader === null || this.readerRequests > 0 || this.readerStarting !== null || Date.now() - this.readerUsedAt < (this.opts.readerIdleMs ?? READER_IDLE_MS)) return
     this.reader = null
+    this.recycled = []
     void reader.request({ op: 'close', clean: true, floorMs: 0 }).catch(() => {}).then(async () => await reader.terminate())
   }
 
@@ -588,8 +593,38 @@ export class Store extends EventEmitter<StoreEvents> {
     const recent = this.readTail(slot, after, limit, maxBytes)
     if (recent !== null) return { rows: recent, json: null }
     this.storeReads++
-    const page = await this.readerRequest<PackedRenderedPage>({ op: 'readRendered', slot, after, upTo: this.lastSeq, limit, maxBytes, storeId: this.info.storeId })
-    return { rows: unpackRows(page.rows), json: page.json }
+    const recycle = this.takeRecycled()
+    const page = await this.readerRequest<PackedRenderedPage>({ op: 'readRendered', slot, after, upTo: this.lastSeq, limit, maxBytes, storeId: this.info.storeId, recycle }, recycle)
+    const { rows, page: unpacked } = unpackRows(page.rows)
+    // The rows hold what they need from meta: it goes back with the next read.
+    this.recycle(page.rows.meta.buffer as ArrayBuffer)
+    const json = page.json
+    let released = false
+    return {
+      rows,
+      json,
+      release: () => {
+        if (released) return
+        released = true
+        if (json !== null) this.recycle(json.buffer as ArrayBuffer)
+        if (!unpacked.viewed) this.recycle(unpacked.data)
+      },
+    }
+  }
+
+  /**
+   * A buffer of a page this thread is done with, handed back to the reader thread with its next read
+   * (store-forward/buffer-pool.ts). Beyond MAX_RECYCLED waiting, or detached already, it is left alone.
+   */
+  private recycle (b: ArrayBuffer): void {
+    if (b.byteLength === 0 || this.recycled.length >= MAX_RECYCLED || this.recycled.includes(b)) return
+    this.recycled.push(b)
+  }
+
+  private takeRecycled (): ArrayBuffer[] {
+    const out = this.recycled.filter(b => b.byteLength > 0)
+    this.recycled = []
+    return out
   }
 
   private readTail (slot: number, after: number, limit: number, maxBytes: number): StoredRow[] | null {
@@ -599,7 +634,12 @@ export class Store extends EventEmitter<StoreEvents> {
     for (const u of this.uplinks.values()) floor = Math.min(floor, this.readFrom.get(u.slot) ?? 0)
     if (floor !== Infinity) this.tail.trimTo(floor)
     const recent = this.tail.read(slot, after, this.lastSeq, limit, maxBytes)
-    if (recent !== null) this.tailReads++
+    if (recent !== null) {
+      this.tailReads++
+      // Every forwarder reads from the tail: the reader's next page may be far off, and the buffers
+      // would be held until then.
+      if (floor !== Infinity && floor >= this.tail.from) this.recycled = []
+    }
     return recent
   }
 
@@ -626,7 +666,11 @@ export class Store extends EventEmitter<StoreEvents> {
 
   /** readPage from SQLite itself (the reader thread), never from the in-memory tail. */
   async readStoredPage (slot: number, after: number, limit: number, maxBytes: number): Promise<StoredRow[]> {
-    return unpackRows(await this.readerRequest<PackedRows>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes }))
+    const recycle = this.takeRecycled()
+    const packed = await this.readerRequest<PackedRows>({ op: 'readPage', slot, after, upTo: this.lastSeq, limit, maxBytes, recycle }, recycle)
+    const { rows } = unpackRows(packed)
+    this.recycle(packed.meta.buffer as ArrayBuffer)
+    return rows
   }
 
   /**

@@ -90,10 +90,10 @@ function header (headers: http.IncomingHttpHeaders, name: string): string | null
   return v === undefined ? null : Array.isArray(v) ? (v[0] ?? null) : v
 }
 
-/** Sends one request; resolves with the response once its headers arrived. */
-function post (target: URL, agent: http.Agent, headers: Record<string, string | number>, body: Buffer, signal: AbortSignal): Promise<http.IncomingMessage> {
+/** Sends one request; resolves with it and its response once the response's headers arrived. */
+function post (target: URL, agent: http.Agent, headers: Record<string, string | number>, body: Buffer, signal: AbortSignal): Promise<{ req: http.ClientRequest, res: http.IncomingMessage }> {
   return new Promise((resolve, reject) => {
-    const req = (target.protocol === 'https:' ? https : http).request(target, { method: 'POST', headers, agent, signal }, resolve)
+    const req = (target.protocol === 'https:' ? https : http).request(target, { method: 'POST', headers, agent, signal }, (res) => resolve({ req, res }))
     req.on('error', reject)
     req.end(body)
   })
@@ -172,13 +172,20 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       if (signal.aborted) onStop()
       else signal.addEventListener('abort', onStop, { once: true })
       try {
-        const res = await post(target, agent, headers, body.bytes, deadline.signal)
+        const { req, res } = await post(target, agent, headers, body.bytes, deadline.signal)
         const status = res.statusCode ?? 0
         const ok = status >= 200 && status < 300
         let reason = ''
-        // The status decides: a 2xx whose body breaks off (or outlasts the deadline) was accepted.
-        if (ok) await finished(res.resume()).catch(() => undefined)
-        else reason = `HTTP ${status} ${await shortBody(res)}`.trim()
+        if (ok) {
+          // The status decides: a 2xx whose body breaks off (or outlasts the deadline) was accepted.
+          await finished(res.resume()).catch(() => undefined)
+          // A receiver may answer before it read the whole request: the body's bytes are handed back
+          // for the next pages once delivered (SinkBatch.json), so they must all be written (or the
+          // socket gone) by then.
+          if (!req.writableFinished) await finished(req).catch(() => undefined)
+        } else {
+          reason = `HTTP ${status} ${await shortBody(res)}`.trim()
+        }
         return classifyStatus(status, reason, parseRetryAfter(header(res.headers, 'retry-after')))
       } catch (err) {
         const e = err as Error & { code?: unknown, cause?: { code?: unknown } }

@@ -854,6 +854,10 @@ function table (results: Record<string, Record<string, unknown>>, meta: Record<s
     const r = s4.gatewayRssMiB as Record<string, number> | undefined
     const live = s4.livePubackMsDuringDrain as Percentiles | undefined
     row(`4 drain of ${String(s4.backlogEvents)} events`, `${String(s4.drainRateEventsPerSec)} events/s`, `live PUBACK p50/p99 during drain ${String(live?.p50)} / ${String(live?.p99)} ms`)
+    if (s4.gatewayCpuMicrosPerEvent !== undefined) {
+      const th = s4.gatewayThreadCpuSecondsDuringDrain as { mainSeconds: number, otherThreadsSeconds: number[] }
+      row('  gateway CPU during the drain', `${String(s4.gatewayCpuSecondsDuringDrain)} s, ${String(s4.gatewayCpuMicrosPerEvent)} µs/event`, `main thread ${th.mainSeconds} s, others ${th.otherThreadsSeconds.join(', ')} s`)
+    }
     if (s4.receiverCpuMicrosPerEvent !== undefined) row('  receiver CPU (its own process)', `${String(s4.receiverCpuSecondsDuringDrain)} s`, `${String(s4.receiverCpuMicrosPerEvent)} µs/event`)
     if (s4.slowCommitsDuringDrain !== undefined) row('  store commits during the drain', slowCommits(s4.slowCommitsDuringDrain as Record<string, number> | null))
     row('  gateway RSS MiB', `empty store ${String(s4.emptyStoreRssMiB)}`, `with the backlog ${String(r?.afterBacklog)}`, `drain peak ${String(r?.peakDuringDrain)}`, `after the drain ${String(r?.end)}`)

@@ -330,11 +330,15 @@ test('packed appends carry a payload to fingerprint apart from a fingerprint', (
 test('packed rows come back with their sequence, time and size; each body a view into the one buffer, made once when read', () => {
   const rows = [{ seq: 7, ingestMs: 100, body: body('first') }, { seq: 9, ingestMs: 101, body: body('') }, { seq: 12, ingestMs: 102, body: body('third!') }]
   const packed = packRows(rows)
-  const back = unpackRows(packed)
+  const { rows: back, page } = unpackRows(packed)
   assert.deepEqual(back.map(r => [r.seq, r.ingestMs, bodySize(r)]), [[7, 100, 5], [9, 101, 0], [12, 102, 6]])
   assert.ok(back.every(r => r instanceof PackedRow))
-  // The size needs no view; the body is one, into the transferred buffer (no copy), the same object each time.
+  // The size needs no view, and the page knows that none was made (its buffer may be handed back).
+  assert.equal(page.viewed, false)
+  // The body is one, into the transferred buffer (no copy), the same object each time.
   assert.deepEqual(back.map(r => Buffer.from(r.body).toString()), ['first', '', 'third!'])
+  assert.equal(page.viewed, true)
+  assert.equal(page.data, packed.data.buffer)
   assert.ok(back.every(r => r.body.buffer === packed.data.buffer))
   assert.equal(back[2]!.body, back[2]!.body)
   // Rows that are not packed (the in-memory tail's) are measured by their body.
@@ -651,6 +655,54 @@ test('a page read from SQLite comes rendered by the reader thread, exactly as th
   }
   assert.equal(s2.tailReads, 0)
   assert.deepEqual(await s2.readRenderedPage(slot, 30, 10, 1 << 20), { rows: [], json: null }, 'nothing new: the tail answers')
+})
+
+test('the buffers of a delivered page go back to the reader thread and carry the next pages, which read as fresh ones do', async (t) => {
+  const dir = tempDir(t)
+  const s1 = await open(t, dir)
+  const now = Date.now()
+  for (let i = 0; i < 60; i++) {
+    const ev: GridEvent = {
+      id: `id-${i}`, source: '/gateways/gw/devices/d', type: 'gridgate.telemetry', subject: `devices/d/t${i}`,
+      time: new Date(now + i).toISOString(), datacontenttype: 'application/json',
+      // Sizes vary, so a reused buffer is larger than the page written into it.
+      data: { kind: 'json', text: `{"i":${i},"pad":"${'x'.repeat((i * 37) % 300)}"}` },
+      extensions: { deviceid: 'd', protocol: 'mqtt', gatewayid: 'gw' },
+    }
+    await s1.append({ ingestMs: now, routes: s1.routesAll, body: encodeEvent(ev), eventId: ev.id })
+  }
+  await s1.close()
+  const s2 = await open(t, dir)
+  const slot = s2.uplinks.get('a')!.slot
+  const read = async (after: number): Promise<Awaited<ReturnType<Store['readRenderedPage']>>> => {
+    const page = await s2.readRenderedPage(slot, after, 15, 1 << 20)
+    assert.ok(page.json !== null && page.release !== undefined)
+    return page
+  }
+  const first = await read(0)
+  const firstJson = first.json!.buffer
+  const firstText = Buffer.from(first.json!).toString('utf8')
+  first.release!()
+  const second = await read(15)
+  assert.equal(firstJson.byteLength, 0, 'the released JSON buffer was transferred back with the next read')
+  assert.equal(firstText, renderJsonBatch((await s2.readStoredPage(slot, 0, 15, 1 << 20)), s2.info.storeId), 'what was sent was whole')
+  // A row whose body was read pins its page's bodies: they are not handed back.
+  const viewed = second.rows[3]!.body
+  const viewedText = Buffer.from(viewed).toString('hex')
+  const secondJson = second.json!.buffer
+  assert.equal(Buffer.from(second.json!).toString('utf8'), renderJsonBatch(second.rows, s2.info.storeId))
+  second.release!()
+  second.release!()
+  // A page not released keeps its buffers.
+  const third = await read(30)
+  assert.equal(secondJson.byteLength, 0)
+  assert.equal(Buffer.from(viewed).toString('hex'), viewedText, 'the viewed body is intact after the next pages were read')
+  const thirdText = Buffer.from(third.json!).toString('utf8')
+  const fourth = await read(45)
+  assert.equal(Buffer.from(third.json!).toString('utf8'), thirdText)
+  assert.equal(Buffer.from(third.json!).toString('utf8'), renderJsonBatch(third.rows, s2.info.storeId))
+  assert.equal(Buffer.from(fourth.json!).toString('utf8'), renderJsonBatch(fourth.rows, s2.info.storeId))
+  assert.deepEqual(fourth.rows.map(r => r.seq), Array.from({ length: 15 }, (_, i) => 46 + i))
 })
 
 test('a page with an event only protobufjs decodes is left for the main thread to render', async (t) => {
