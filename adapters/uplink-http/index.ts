@@ -10,6 +10,7 @@ import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
 import { decodeEvent, jsonStoreId, JsonOut, JSON_BYTES_PER_EVENT, writeStoredJson } from '../../gateway/event.js'
 import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
+import { BufferPool } from '../../store-forward/buffer-pool.js'
 
 const gzip = promisify(gzipCallback)
 
@@ -42,6 +43,13 @@ const GZIP_MIN_BYTES = 256
 const KEEP_ALIVE_IDLE_MS = 30_000
 /** How much of an error response's body is kept for the outcome's reason (which shows 200 characters). */
 const ERROR_BODY_BYTES = 4096
+/**
+ * Bodies this sink rendered and sent are written again for the next batches: one request in flight
+ * and one batch rendered ahead need two. A fresh buffer per batch counts against V8's heap budget
+ * until a full collection (store-forward/buffer-pool.ts), at 30,000 events/s about one a second.
+ */
+const BODY_POOL_BUFFERS = 2
+const BODY_POOL_BYTES = 2 * 1024 * 1024
 
 /** Parses Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). */
 export function parseRetryAfter (value: string | null, now = Date.now()): number | undefined {
@@ -99,7 +107,8 @@ function post (target: URL, agent: http.Agent, headers: Record<string, string | 
   })
 }
 
-interface Body { bytes: Buffer, gzipped: boolean }
+/** A request body; `pooled`: written by this sink into a buffer of its pool, which takes it back once delivered. */
+interface Body { bytes: Buffer, gzipped: boolean, pooled: boolean }
 
 export function createHttpSink (opts: HttpSinkOptions): Sink {
   const target = new URL(opts.url)
@@ -124,15 +133,18 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
     ...(tls.key === undefined ? {} : { key: tls.key }),
   }
   const agent = target.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions)
+  const bodies = new BufferPool(BODY_POOL_BUFFERS, BODY_POOL_BYTES)
+  const takeBody = (bytes: number): ArrayBuffer => bodies.take(bytes)
 
   const render = async (batch: SinkBatch): Promise<Body> => {
     let json: Buffer
+    const own = batch.json === undefined
     if (batch.json !== undefined) {
       // Rendered by the store's reader thread (a page of backlog read from SQLite).
       json = Buffer.from(batch.json.buffer, batch.json.byteOffset, batch.json.byteLength)
     } else {
       // renderJsonBatch's output as bytes, written in slices so device traffic is served in between.
-      const out = new JsonOut(JSON_BYTES_PER_EVENT * batch.events.length + 2)
+      const out = new JsonOut(JSON_BYTES_PER_EVENT * batch.events.length + 2, takeBody)
       const storeIdJson = jsonStoreId(batch.storeId)
       out.byte(0x5b)
       await inSlices(batch.events, (e, i) => {
@@ -143,9 +155,11 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
       out.byte(0x5d)
       json = out.bytes()
     }
-    if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false }
+    if (opts.gzip !== true || json.byteLength < GZIP_MIN_BYTES) return { bytes: json, gzipped: false, pooled: own }
     // zlib runs on the libuv thread pool: compressing never blocks the event loop.
-    return { bytes: await gzip(json), gzipped: true }
+    const bytes = await gzip(json)
+    if (own) bodies.put([json.buffer as ArrayBuffer])
+    return { bytes, gzipped: true, pooled: false }
   }
 
   return {
@@ -183,6 +197,8 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
           // for the next pages once delivered (SinkBatch.json), so they must all be written (or the
           // socket gone) by then.
           if (!req.writableFinished) await finished(req).catch(() => undefined)
+          // Delivered: the batch is not sent again, and its body's buffer carries the next one.
+          if (body.pooled) bodies.put([body.bytes.buffer as ArrayBuffer])
         } else {
           reason = `HTTP ${status} ${await shortBody(res)}`.trim()
         }

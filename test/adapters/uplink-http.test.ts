@@ -7,7 +7,8 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import { classifyStatus, parseRetryAfter, createHttpSink } from '../../adapters/uplink-http/index.js'
 import { backoffDelay } from '../../store-forward/forwarder.js'
-import { encodeEvent } from '../../gateway/event.js'
+import { encodeEvent, renderJsonBatch } from '../../gateway/event.js'
+import type { SinkBatch } from '../../store-forward/sink.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { connect } from '../helpers/mqtt.js'
@@ -111,6 +112,44 @@ test('consecutive batches share one keep-alive connection; an error answer gives
   assert.match(failed.reason, /^HTTP 503 overloaded x+…$/)
   assert.equal(failed.reason.length, 'HTTP 503 '.length + 201)
   assert.equal(new Set(ports).size, 1, `requests came over ${new Set(ports).size} connections`)
+})
+
+test('bodies written into the buffer of a delivered one go out whole, larger or smaller than it; a retried one is sent as it was', async (t) => {
+  const bodies: string[] = []
+  const answers = [200, 200, 503, 200, 200]
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      bodies.push(Buffer.concat(chunks).toString('utf8'))
+      res.writeHead(answers[bodies.length - 1] ?? 200).end()
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.after(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  const sink = createHttpSink({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, timeoutMs: 2000 })
+  t.after(() => sink.close())
+  const batch = (first: number, n: number): SinkBatch => ({
+    storeId: 'store',
+    events: Array.from({ length: n }, (_, i) => ({ seq: first + i, ingestMs: 1, body: encodeEvent({ id: `e${first + i}`, source: '/s', type: 't', subject: 'devices/d/x', time: new Date(1_800_000_000_000).toISOString(), extensions: {}, datacontenttype: 'application/json', data: { kind: 'json', text: `{"n":"${'y'.repeat((first + i) % 97)}"}` } }) })),
+  })
+  // Large, then small (into the large one's buffer), then a medium one that fails once and is sent again.
+  const batches = [batch(1, 300), batch(301, 3), batch(304, 120), batch(424, 100)]
+  const outcomes: string[] = []
+  for (const [i, b] of batches.entries()) {
+    let outcome = await sink.send(b, new AbortController().signal)
+    outcomes.push(outcome.kind)
+    if (outcome.kind === 'retry') {
+      // The forwarder renders the next batch ahead while one waits to be sent again.
+      sink.prepare!(batches[i + 1]!)
+      await batches[i + 1]!.prepared
+      outcome = await sink.send(b, new AbortController().signal)
+    }
+    assert.equal(outcome.kind, 'delivered')
+  }
+  assert.deepEqual(outcomes, ['delivered', 'delivered', 'retry', 'delivered'])
+  const expected = batches.map(b => renderJsonBatch(b.events, 'store'))
+  assert.deepEqual(bodies, [expected[0], expected[1], expected[2], expected[2], expected[3]])
 })
 
 test('a connection the receiver drops is a retry, and the next batch opens a new one', async (t) => {
