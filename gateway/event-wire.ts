@@ -595,7 +595,8 @@ export function renderJson (ev: GridEvent, storeId: string, sequence: number): s
 
 /**
  * A JSON array (application/cloudevents-batch+json) of stored events, or null when one of them has a
- * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those).
+ * shape only protobufjs decodes (gateway/event.ts renderJsonBatch renders those). `alloc` gives its
+ * buffers (the reader thread's pool, store-forward/buffer-pool.ts), else each is a new one.
  */
 export function renderJsonBatchDirect (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string, alloc?: (bytes: number) => ArrayBuffer): Buffer | null {
   const storeIdJson = jsonStoreId(storeId)
