@@ -304,6 +304,36 @@ test('toProtoWithSequence adds storeid and sequence and keeps everything else', 
   assert.deepEqual(back, ev)
 })
 
+test('toProtoWithSequence appends the two attributes to the stored bytes: decoded, that is the event with them set, whatever it held', () => {
+  const { event: ce } = rawSchema()
+  const plain = (bytes: Uint8Array): unknown => ce.toObject(ce.decode(bytes), { longs: String, bytes: String, defaults: false })
+  // The reference: decode, set both attributes (replacing any), encode again.
+  const reference = (body: Uint8Array, storeId: string, seq: number): unknown => {
+    const m = ce.toObject(ce.decode(body)) as { attributes?: Record<string, unknown> }
+    m.attributes = { ...(m.attributes ?? {}), storeid: { ceString: storeId }, sequence: { ceString: String(seq).padStart(20, '0') } }
+    return plain(ce.encode(ce.fromObject(m)).finish())
+  }
+  const bodies = [
+    encodeEvent(event({ kind: 'json', text: '{"a":1}' }, 'application/json')),
+    encodeEvent(event({ kind: 'binary', bytes: new Uint8Array([0, 1, 255]) })),
+    encodeEvent(event()),
+    // A device's own storeid and sequence attributes lose to the gateway's.
+    ce.encode(ce.fromObject({ id: 'x', source: '/s', specVersion: '1.0', type: 't', attributes: { sequence: { ceInteger: 7 }, storeid: { ceString: 'theirs' }, flag: { ceBoolean: true } }, textData: 'grüße' })).finish(),
+  ]
+  // A store id long enough that the lengths take two varint bytes, and one that is not ASCII.
+  for (const storeId of [STORE, 'ü'.repeat(150), '']) {
+    for (const [i, body] of bodies.entries()) {
+      for (const seq of [0, 99, Number.MAX_SAFE_INTEGER]) {
+        assert.deepEqual(plain(toProtoWithSequence(body, storeId, seq)), reference(body, storeId, seq), `body ${i}, store id of ${storeId.length}, sequence ${seq}`)
+      }
+    }
+  }
+  // Fields this gateway does not know are kept (a decode and encode with protobufjs dropped them).
+  const unknown = Buffer.concat([bodies[0]!, Buffer.from([0x98, 0x06, 0x2a])]) // field 99, varint 42
+  const out = toProtoWithSequence(unknown, STORE, 5)
+  assert.deepEqual([...out.subarray(bodies[0]!.byteLength, bodies[0]!.byteLength + 3)], [0x98, 0x06, 0x2a])
+})
+
 test('encodeProtoBatch is a CloudEventBatch of the events with their sequences', () => {
   const { batch } = rawSchema()
   const bodies = [encodeEvent(event({ kind: 'text', text: 'a' })), encodeEvent(event({ kind: 'text', text: 'b' }))]
