@@ -3,8 +3,9 @@
 // gzip. Status codes map to the forwarder's outcome classes (DESIGN.md "Uplinks"); retrying,
 // bisecting and cursor moves belong to the forwarder, so grpc-js' own retries are off.
 import * as grpc from '@grpc/grpc-js'
-import protobuf from 'protobufjs'
-import { toProtoWithSequence } from '../../gateway/event.js'
+import { protoBatchEventSize, writeProtoBatchEvent } from '../../gateway/event.js'
+import { BufferPool } from '../../store-forward/buffer-pool.js'
+import { bodySize } from '../../store-forward/protocol.js'
 import { inSlices, prepared, type SendOutcome, type Sink, type SinkBatch } from '../../store-forward/sink.js'
 import { PUBLISH_PATH } from './schema.js'
 
@@ -40,8 +41,12 @@ const RETRY = new Set<grpc.status>([
   grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.ABORTED, grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.CANCELLED,
 ])
-/** Field 1, wire type 2 (length-delimited): (1 << 3) | 2. */
-const EVENTS_FIELD_TAG = 10
+/**
+ * Batch bodies kept for the next batches (store-forward/buffer-pool.ts): one call in flight and one
+ * batch rendered ahead need two.
+ */
+const BODY_POOL_BUFFERS = 2
+const BODY_POOL_BYTES = 2 * 1024 * 1024
 /** The longest pushback honoured (ms), as for HTTP's Retry-After. */
 const MAX_PUSHBACK = 3_600_000
 
@@ -85,13 +90,16 @@ export function createGrpcSink (opts: GrpcSinkOptions): Sink {
   const base = new grpc.Metadata()
   for (const [k, v] of Object.entries(opts.headers ?? {})) base.set(k.toLowerCase(), v)
   if (opts.bearerToken !== undefined) base.set('authorization', `Bearer ${opts.bearerToken}`)
-  // encodeProtoBatch's output, encoded in slices so device traffic is served in between:
-  // CloudEventBatch is `repeated CloudEvent events = 1`, i.e. each event as field 1, length-delimited.
+  // encodeProtoBatch's output, written in slices so device traffic is served in between, into one
+  // buffer of the sink's pool: a delivered batch's buffer carries the next one (as the HTTP sink's).
+  const bodies = new BufferPool(BODY_POOL_BUFFERS, BODY_POOL_BYTES)
   const render = async (batch: SinkBatch): Promise<Buffer> => {
-    const w = protobuf.Writer.create()
-    await inSlices(batch.events, (e) => { w.uint32(EVENTS_FIELD_TAG).bytes(toProtoWithSequence(e.body, batch.storeId, e.seq)) })
-    const bytes = w.finish()
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    let size = 0
+    for (const e of batch.events) size += protoBatchEventSize(bodySize(e), batch.storeId)
+    const out = Buffer.from(bodies.take(size), 0, size)
+    let at = 0
+    await inSlices(batch.events, (e) => { at = writeProtoBatchEvent(out, at, e.body, batch.storeId, e.seq) })
+    return out
   }
   const identity = (b: Buffer): Buffer => b
 
@@ -111,6 +119,8 @@ export function createGrpcSink (opts: GrpcSinkOptions): Sink {
           (err) => {
             signal.removeEventListener('abort', onAbort)
             if (err === null || err === undefined) {
+              // Answered, so the request was written whole; it is not sent again.
+              bodies.put([body.buffer as ArrayBuffer])
               resolve({ kind: 'delivered' })
               return
             }
