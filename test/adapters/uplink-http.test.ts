@@ -8,7 +8,7 @@ import vm from 'node:vm'
 import { classifyStatus, parseRetryAfter, createHttpSink } from '../../adapters/uplink-http/index.js'
 import { backoffDelay } from '../../store-forward/forwarder.js'
 import { encodeEvent, renderJsonBatch } from '../../gateway/event.js'
-import type { SinkBatch } from '../../store-forward/sink.js'
+import { reuseBatches, sendRenderingAhead } from '../helpers/sink-batches.js'
 import { startReceiver } from '../helpers/receiver.js'
 import { baseConfig, startInProcess, TOKENS } from '../helpers/gateway.js'
 import { connect } from '../helpers/mqtt.js'
@@ -129,24 +129,8 @@ test('bodies written into the buffer of a delivered one go out whole, larger or 
   t.after(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
   const sink = createHttpSink({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/events`, timeoutMs: 2000 })
   t.after(() => sink.close())
-  const batch = (first: number, n: number): SinkBatch => ({
-    storeId: 'store',
-    events: Array.from({ length: n }, (_, i) => ({ seq: first + i, ingestMs: 1, body: encodeEvent({ id: `e${first + i}`, source: '/s', type: 't', subject: 'devices/d/x', time: new Date(1_800_000_000_000).toISOString(), extensions: {}, datacontenttype: 'application/json', data: { kind: 'json', text: `{"n":"${'y'.repeat((first + i) % 97)}"}` } }) })),
-  })
-  // Large, then small (into the large one's buffer), then a medium one that fails once and is sent again.
-  const batches = [batch(1, 300), batch(301, 3), batch(304, 120), batch(424, 100)]
-  const outcomes: string[] = []
-  for (const [i, b] of batches.entries()) {
-    let outcome = await sink.send(b, new AbortController().signal)
-    outcomes.push(outcome.kind)
-    if (outcome.kind === 'retry') {
-      // The forwarder renders the next batch ahead while one waits to be sent again.
-      sink.prepare!(batches[i + 1]!)
-      await batches[i + 1]!.prepared
-      outcome = await sink.send(b, new AbortController().signal)
-    }
-    assert.equal(outcome.kind, 'delivered')
-  }
+  const batches = reuseBatches()
+  const outcomes = await sendRenderingAhead(sink, batches)
   assert.deepEqual(outcomes, ['delivered', 'delivered', 'retry', 'delivered'])
   const expected = batches.map(b => renderJsonBatch(b.events, 'store'))
   assert.deepEqual(bodies, [expected[0], expected[1], expected[2], expected[2], expected[3]])

@@ -7,6 +7,7 @@ import { startReceiver, type Reply } from '../helpers/receiver.js'
 import { createHttpSink } from '../../adapters/uplink-http/index.js'
 import { createGrpcSink, classifyGrpc } from '../../adapters/uplink-grpc/index.js'
 import type { SinkBatch } from '../../store-forward/sink.js'
+import { reuseBatches, sendRenderingAhead } from '../helpers/sink-batches.js'
 import { startGrpcReceiver, type GrpcAnswer } from '../../scripts/grpc-receiver.js'
 
 const httpAnswers: Record<Behaviour, Reply | 'hang'> = {
@@ -74,25 +75,9 @@ test('gRPC batches written into the buffer of a delivered one go out whole, larg
   }
   const sink = createGrpcSink({ address: rx.address, timeoutMs: 2000 })
   t.after(() => sink.close())
-  const { encodeEvent } = await import('../../gateway/event.js')
-  const batch = (first: number, n: number): SinkBatch => ({
-    storeId: 'store',
-    events: Array.from({ length: n }, (_, i) => ({ seq: first + i, ingestMs: 1, body: encodeEvent({ id: `e${first + i}`, source: '/s', type: 't', subject: 'devices/d/x', time: new Date(1_800_000_000_000).toISOString(), extensions: {}, datacontenttype: 'application/json', data: { kind: 'json', text: `{"n":"${'y'.repeat((first + i) % 97)}"}` } }) })),
-  })
   const expect = (b: SinkBatch): string[] => b.events.map(e => `${String(e.seq).padStart(20, '0')} store e${e.seq} ${JSON.stringify({ n: 'y'.repeat(e.seq % 97) })}`)
-  // Large, then small (into the large one's buffer), then one that fails once while the next is rendered ahead.
-  const batches = [batch(1, 300), batch(301, 3), batch(304, 120), batch(424, 100)]
-  const outcomes: string[] = []
-  for (const [i, b] of batches.entries()) {
-    let outcome = await sink.send(b, new AbortController().signal)
-    outcomes.push(outcome.kind)
-    if (outcome.kind === 'retry') {
-      sink.prepare!(batches[i + 1]!)
-      await batches[i + 1]!.prepared
-      outcome = await sink.send(b, new AbortController().signal)
-    }
-    assert.equal(outcome.kind, 'delivered')
-  }
+  const batches = reuseBatches()
+  const outcomes = await sendRenderingAhead(sink, batches)
   assert.deepEqual(outcomes, ['delivered', 'delivered', 'retry', 'delivered'])
   assert.deepEqual(calls, [expect(batches[0]!), expect(batches[1]!), expect(batches[2]!), expect(batches[2]!), expect(batches[3]!)])
 })
