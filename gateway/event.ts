@@ -6,13 +6,14 @@
 import protobuf from 'protobufjs'
 import { protoSource } from './proto/index.js'
 import {
-  ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, formatSequence, fromTimestamp, renderJsonBatchWith,
+  ATTRIBUTE_NAME, RESERVED, SPEC_VERSION, base64, decodeDirect, encodeDirect, fromTimestamp, renderJsonBatchWith,
   setAttribute, timestampOfMs, toTimestamp,
   type GridEvent, type Timestamp,
 } from './event-wire.js'
 
 export {
   SPEC_VERSION, JSON_BYTES_PER_EVENT, JsonOut, decodeDirect, formatSequence, jsonStoreId, renderJson, renderJsonBatchDirect, writeJson, writeStoredJson,
+  encodeProtoBatch, protoBatchEventSize, toProtoWithSequence, writeProtoBatchEvent,
   type EventData, type GridEvent,
 } from './event-wire.js'
 
@@ -166,113 +167,6 @@ export function decodeEventReference (bytes: Uint8Array): GridEvent {
     }
   }
   return ev
-}
-
-/** Appends `n` as a protobuf varint to `out` at `at`; returns the position after it. */
-function putVarint (out: Uint8Array, at: number, n: number): number {
-  while (n > 0x7f) {
-    out[at++] = (n & 0x7f) | 0x80
-    n >>>= 7
-  }
-  out[at++] = n
-  return at
-}
-
-const varintSize = (n: number): number => n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5
-
-/** Encoded size of one entry of CloudEvent's `attributes` map (field 5) with a ce_string value. */
-function stringAttributeSize (keyBytes: number, valueBytes: number): number {
-  const attr = 1 + varintSize(valueBytes) + valueBytes
-  const entry = 1 + varintSize(keyBytes) + keyBytes + 1 + varintSize(attr) + attr
-  return 1 + varintSize(entry) + entry
-}
-
-/**
- * Writes one entry of CloudEvent's `attributes` map (field 5) into `out` at `at`: key (1) and a
- * CloudEventAttributeValue (2) holding ce_string (3). Returns the position after it.
- */
-function writeStringAttribute (out: Buffer, at: number, key: string, value: string): number {
-  const k = Buffer.byteLength(key)
-  const v = Buffer.byteLength(value)
-  const attr = 1 + varintSize(v) + v
-  out[at++] = 0x2a
-  at = putVarint(out, at, 1 + varintSize(k) + k + 1 + varintSize(attr) + attr)
-  out[at++] = 0x0a
-  at = putVarint(out, at, k)
-  at += out.write(key, at, 'utf8')
-  out[at++] = 0x12
-  at = putVarint(out, at, attr)
-  out[at++] = 0x1a
-  at = putVarint(out, at, v)
-  return at + out.write(value, at, 'utf8')
-}
-
-/** The storeid entry of the last store asked for (one per gateway). */
-let storeIdEntry: { storeId: string, bytes: Buffer } | null = null
-
-function storeIdAttribute (storeId: string): Buffer {
-  if (storeIdEntry?.storeId !== storeId) {
-    const bytes = Buffer.allocUnsafeSlow(stringAttributeSize(Buffer.byteLength('storeid'), Buffer.byteLength(storeId)))
-    writeStringAttribute(bytes, 0, 'storeid', storeId)
-    storeIdEntry = { storeId, bytes }
-  }
-  return storeIdEntry.bytes
-}
-
-/** The sequence entry's size: formatSequence always gives 20 ASCII digits. */
-const SEQUENCE_ATTRIBUTE_SIZE = stringAttributeSize('sequence'.length, 20)
-
-/** Bytes of a stored event as toProtoWithSequence writes it. */
-function withSequenceSize (bodyBytes: number, storeId: string): number {
-  return bodyBytes + storeIdAttribute(storeId).byteLength + SEQUENCE_ATTRIBUTE_SIZE
-}
-
-function writeWithSequence (out: Buffer, at: number, body: Uint8Array, storeId: string, seq: number): number {
-  const store = storeIdAttribute(storeId)
-  out.set(body, at)
-  out.set(store, at + body.byteLength)
-  return writeStringAttribute(out, at + body.byteLength + store.byteLength, 'sequence', formatSequence(seq))
-}
-
-/**
- * The stored event with the storeid and sequence extensions (ce_string), for a gRPC sink: its bytes as
- * they are, followed by the two `attributes` map entries. A protobuf parser merges the fields of a
- * message in the order they come and keeps the last value of a map key seen twice, so this decodes as
- * the event decoded, given the two attributes and encoded again would (tested), and keeps even fields
- * this gateway does not know. Decoding and encoding every event with protobufjs was about a tenth of
- * the main thread while a backlog drained to a gRPC uplink.
- */
-export function toProtoWithSequence (body: Uint8Array, storeId: string, seq: number): Uint8Array {
-  const out = Buffer.allocUnsafe(withSequenceSize(body.byteLength, storeId))
-  writeWithSequence(out, 0, body, storeId, seq)
-  return out
-}
-
-/** Bytes one stored event takes in a CloudEventBatch (`repeated CloudEvent events = 1`). */
-export function protoBatchEventSize (bodyBytes: number, storeId: string): number {
-  const n = withSequenceSize(bodyBytes, storeId)
-  return 1 + varintSize(n) + n
-}
-
-/**
- * Writes one stored event of a CloudEventBatch into `out` at `at` (field 1, length-delimited, then
- * the event as toProtoWithSequence gives it); returns the position after it. A batch is its events
- * written one after another.
- */
-export function writeProtoBatchEvent (out: Buffer, at: number, body: Uint8Array, storeId: string, seq: number): number {
-  out[at++] = 0x0a
-  at = putVarint(out, at, withSequenceSize(body.byteLength, storeId))
-  return writeWithSequence(out, at, body, storeId, seq)
-}
-
-/** An io.cloudevents.v1.CloudEventBatch of stored events, each with storeid and sequence. */
-export function encodeProtoBatch (events: ReadonlyArray<{ seq: number, body: Uint8Array }>, storeId: string): Uint8Array {
-  let size = 0
-  for (const e of events) size += protoBatchEventSize(e.body.byteLength, storeId)
-  const out = Buffer.allocUnsafe(size)
-  let at = 0
-  for (const e of events) at = writeProtoBatchEvent(out, at, e.body, storeId, e.seq)
-  return out
 }
 
 /** A JSON array (application/cloudevents-batch+json) of stored events, in the order given. */

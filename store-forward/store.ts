@@ -638,7 +638,7 @@ export class Store extends EventEmitter<StoreEvents> {
       this.tailReads++
       // Every forwarder reads from the tail: the reader's next page may be far off, and the buffers
       // would be held until then.
-      if (floor !== Infinity && floor >= this.tail.from) this.recycled = []
+      if (this.recycled.length > 0 && floor !== Infinity && floor >= this.tail.from) this.recycled = []
     }
     return recent
   }

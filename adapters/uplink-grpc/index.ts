@@ -4,7 +4,7 @@
 // bisecting and cursor moves belong to the forwarder, so grpc-js' own retries are off.
 import * as grpc from '@grpc/grpc-js'
 import { protoBatchEventSize, writeProtoBatchEvent } from '../../gateway/event.js'
-import { BufferPool } from '../../store-forward/buffer-pool.js'
+import { sinkBodyPool } from '../../store-forward/buffer-pool.js'
 import { bodySize } from '../../store-forward/protocol.js'
 import { inSlices, prepared, type SendOutcome, type Sink, type SinkBatch } from '../../store-forward/sink.js'
 import { PUBLISH_PATH } from './schema.js'
@@ -41,12 +41,6 @@ const RETRY = new Set<grpc.status>([
   grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.ABORTED, grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.CANCELLED,
 ])
-/**
- * Batch bodies kept for the next batches (store-forward/buffer-pool.ts): one call in flight and one
- * batch rendered ahead need two.
- */
-const BODY_POOL_BUFFERS = 2
-const BODY_POOL_BYTES = 2 * 1024 * 1024
 /** The longest pushback honoured (ms), as for HTTP's Retry-After. */
 const MAX_PUSHBACK = 3_600_000
 
@@ -92,7 +86,7 @@ export function createGrpcSink (opts: GrpcSinkOptions): Sink {
   if (opts.bearerToken !== undefined) base.set('authorization', `Bearer ${opts.bearerToken}`)
   // encodeProtoBatch's output, written in slices so device traffic is served in between, into one
   // buffer of the sink's pool: a delivered batch's buffer carries the next one (as the HTTP sink's).
-  const bodies = new BufferPool(BODY_POOL_BUFFERS, BODY_POOL_BYTES)
+  const bodies = sinkBodyPool()
   const render = async (batch: SinkBatch): Promise<Buffer> => {
     let size = 0
     for (const e of batch.events) size += protoBatchEventSize(bodySize(e), batch.storeId)

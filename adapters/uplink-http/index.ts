@@ -10,7 +10,7 @@ import { gzip as gzipCallback } from 'node:zlib'
 import { promisify } from 'node:util'
 import { decodeEvent, jsonStoreId, JsonOut, JSON_BYTES_PER_EVENT, writeStoredJson } from '../../gateway/event.js'
 import { inSlices, prepared, type Sink, type SinkBatch, type SendOutcome } from '../../store-forward/sink.js'
-import { BufferPool } from '../../store-forward/buffer-pool.js'
+import { sinkBodyPool } from '../../store-forward/buffer-pool.js'
 
 const gzip = promisify(gzipCallback)
 
@@ -43,13 +43,6 @@ const GZIP_MIN_BYTES = 256
 const KEEP_ALIVE_IDLE_MS = 30_000
 /** How much of an error response's body is kept for the outcome's reason (which shows 200 characters). */
 const ERROR_BODY_BYTES = 4096
-/**
- * Bodies this sink rendered and sent are written again for the next batches: one request in flight
- * and one batch rendered ahead need two. A fresh buffer per batch counts against V8's heap budget
- * until a full collection (store-forward/buffer-pool.ts), at 30,000 events/s about one a second.
- */
-const BODY_POOL_BUFFERS = 2
-const BODY_POOL_BYTES = 2 * 1024 * 1024
 
 /** Parses Retry-After: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). */
 export function parseRetryAfter (value: string | null, now = Date.now()): number | undefined {
@@ -133,7 +126,7 @@ export function createHttpSink (opts: HttpSinkOptions): Sink {
     ...(tls.key === undefined ? {} : { key: tls.key }),
   }
   const agent = target.protocol === 'https:' ? new https.Agent(agentOptions) : new http.Agent(agentOptions)
-  const bodies = new BufferPool(BODY_POOL_BUFFERS, BODY_POOL_BYTES)
+  const bodies = sinkBodyPool()
   const takeBody = (bytes: number): ArrayBuffer => bodies.take(bytes)
 
   const render = async (batch: SinkBatch): Promise<Body> => {
