@@ -109,6 +109,17 @@ test('a drained backlog is deleted 1,024 rows per commit that carries devices\' 
   assert.equal((await s.stats()).events, before - 4096)
 })
 
+test('appends made in one turn of the event loop share one commit, the first one included', async (t) => {
+  const s = await open(t, tempDir(t))
+  await s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body('warm'), eventId: 'warm' })
+  // The writer is idle: without waiting for the end of the turn, the first append would start a
+  // commit of its own and the rest would wait for it.
+  const before = s.commits
+  const results = await Promise.all(Array.from({ length: 5 }, (_, i) => s.append({ ingestMs: Date.now(), routes: s.routesAll, body: body(`e${i}`), eventId: `e${i}` })))
+  assert.equal(s.commits - before, 1)
+  assert.deepEqual(results.map(r => r.seq - results[0]!.seq), [0, 1, 2, 3, 4])
+})
+
 test('a cursor move rides the next commit of events instead of a commit of its own, and commits alone after a pause', async (t) => {
   const s = await open(t, tempDir(t))
   const a = s.uplinks.get('a')!.slot
