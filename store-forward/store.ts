@@ -162,8 +162,7 @@ export class Store extends EventEmitter<StoreEvents> {
   /** Retained-message writes waiting for the next commit (they share its transaction). */
   private retainedQueue: Array<{ row: RetainedRow, resolve: () => void, reject: (e: Error) => void }> = []
   private committing = false
-  private delayTimer: NodeJS.Timeout | null = null
-  /** A commit is due at the end of this turn of the event loop (setImmediate). */
+  /** A commit is due: after store.commitDelay, or at the end of this turn of the event loop. */
   private flushQueued = false
   private ackTimer: NodeJS.Timeout | null = null
   /** Cursor moves waiting alone may start a commit (ACK_COMMIT_DELAY_MS passed, or the store closes). */
@@ -470,15 +469,15 @@ export class Store extends EventEmitter<StoreEvents> {
   }
 
   private schedule (): void {
-    if (this.committing || this.delayTimer !== null || this.flushQueued) return
+    if (this.committing || this.flushQueued) return
+    this.flushQueued = true
     if (this.opts.commitDelayMs > 0) {
-      this.delayTimer = setTimeout(() => { this.delayTimer = null; this.flush() }, this.opts.commitDelayMs)
+      setTimeout(this.flushDue, this.opts.commitDelayMs)
     } else {
       // At the end of this turn of the event loop, not now: the messages read from every socket in
       // this turn share one commit. Started at once, the first would commit alone while the rest
       // waited for it (scenario 2: 35,500 commits of 4.2 events against 31,000 of 4.9, and 10 %
       // less of the gateway's CPU per message).
-      this.flushQueued = true
       setImmediate(this.flushDue)
     }
   }
