@@ -28,15 +28,19 @@ test('a quiet process gets its garbage collected once, and again only after the 
   trim.look()
   await sleep(150)
   assert.equal(trim.look(), null, 'no growth since: no second collection')
+  // Held until the collection below: garbage this young could already be gone in a scavenge before
+  // the look, and the heap in use would no longer show the growth (it failed so about 1 run in 3).
   let more: string[] | null = Array.from({ length: 300_000 }, (_, i) => `grown-${i}-${'x'.repeat(40)}`)
   assert.equal(more.length, 300_000)
+  // The look whose window holds the allocation may count as quiet or not (how long it took), so
+  // the collection comes at the first, second or third look: the first that collects is the one.
+  let second: ReturnType<HeapTrim['look']> = null
+  for (let i = 0; i < 3 && second === null; i++) {
+    await sleep(150)
+    second = trim.look()
+  }
+  assert.equal(more.length, 300_000)
   more = null
-  await sleep(150)
-  trim.look() // not quiet: the allocation above was in its window
-  await sleep(150)
-  trim.look()
-  await sleep(150)
-  const second = trim.look()
   assert.notEqual(second, null, 'grown by more than minGrowthBytes: collected again')
   assert.equal(trim.trims, 2)
 })
